@@ -1,0 +1,46 @@
+"""labs_lib: the shared library of the perf-labs notebooks.
+
+Modules, by role:
+- params    fail-fast checks of parameters (ValueError naming the parameter and allowed values)
+- hardware  fingerprint, published GPU peaks, bandwidth / matmul microbenchmarks
+- timing    synchronized timers with warm-up and repeats; percentile summaries with a bootstrap CI
+- models    model registry (shape-only, tiny, packaged, hub) and parameter / weight-byte arithmetic
+- procs     subprocesses that never outlive their owner (servers)
+- engine    vLLM in-process (`offline_llm`) or as an OpenAI-compatible server (`vllm_server`)
+- records   JSON-lines results, written atomically; where a run's files go
+- plots     one style; the roofline
+- runner    `python -m labs_lib.runner`: execute every notebook into runs/<timestamp>/
+"""
+
+from __future__ import annotations
+
+import random
+
+__version__ = "0.1.0"
+
+
+def setup(seed: int = 0) -> dict[str, str]:
+    """Seed every RNG, set the plot style and pandas display; return the tier and run folder.
+
+    >>> info = setup()
+    >>> sorted(info)
+    ['run_dir', 'tier']
+    """
+    import numpy as np
+    import pandas as pd
+
+    from . import hardware, plots, records
+
+    random.seed(seed)
+    np.random.seed(seed)
+    try:
+        import torch
+
+        torch.manual_seed(seed)
+    except ImportError:
+        pass
+    pd.set_option("display.width", 160)
+    pd.set_option("display.max_columns", 30)
+    pd.set_option("display.precision", 4)
+    plots.style()
+    return {"tier": hardware.tier(), "run_dir": str(records.run_dir())}

@@ -1,0 +1,116 @@
+"""Engines and servers: start, fail clearly, and never leave a process behind."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from labs_lib import engine, models, procs
+
+
+def _gone(pid: int, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+            # a zombie still answers kill(0); treat it as gone
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().split()[2] == "Z":
+                    return True
+        except (ProcessLookupError, FileNotFoundError):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_owner_killed_with_sigkill_leaves_no_orphan(tmp_path):
+    """Like a Jupyter kernel restart: the owner dies without running any cleanup."""
+    script = textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {str(os.getcwd())!r})
+        from labs_lib.procs import ManagedProcess
+        p = ManagedProcess([sys.executable, "-c", "import time; time.sleep(300)"], name="sleeper")
+        time.sleep(1.5)
+        import subprocess
+        kids = subprocess.run(["pgrep", "-g", str(p.pgid)], capture_output=True, text=True).stdout.split()
+        print(" ".join(kids), flush=True)
+        time.sleep(300)
+    """)
+    owner = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    pids = [int(x) for x in owner.stdout.readline().split()]
+    assert len(pids) >= 2  # the reaper and the sleeper
+    owner.send_signal(signal.SIGKILL)
+    owner.wait()
+    for pid in pids:
+        assert _gone(pid), f"process {pid} outlived its owner"
+
+
+def test_keyboard_interrupt_inside_context_stops_the_process():
+    with pytest.raises(KeyboardInterrupt):
+        with procs.ManagedProcess([sys.executable, "-c", "import time; time.sleep(300)"]) as p:
+            time.sleep(0.5)
+            raise KeyboardInterrupt
+    assert not p.alive() and _gone(p.pgid)
+
+
+def test_wait_until_reports_early_exit_with_log_tail():
+    p = procs.ManagedProcess([sys.executable, "-c", "print('boom: bad flag'); raise SystemExit(3)"],
+                             name="failing")
+    with pytest.raises(procs.ServerStartError, match=r"(?s)exited with code 3.*boom: bad flag"):
+        p.wait_until(lambda: False, timeout=30)
+    p.stop()
+
+
+def test_wait_until_times_out_and_kills():
+    p = procs.ManagedProcess([sys.executable, "-c", "import time; time.sleep(300)"], name="slow")
+    with pytest.raises(procs.ServerStartError, match="not ready after 1 s"):
+        p.wait_until(lambda: False, timeout=1)
+    assert _gone(p.pgid)
+
+
+def test_free_port_is_bindable():
+    import socket
+
+    port = procs.free_port()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))
+
+
+@pytest.mark.slow
+def test_server_with_bad_model_fails_clearly_and_leaves_nothing(tmp_path):
+    bad = tmp_path / "bad-model"
+    bad.mkdir()
+    (bad / "config.json").write_text(json.dumps({"architectures": ["NoSuchModelForCausalLM"],
+                                                 "model_type": "no_such_model"}))
+    spec = models.ModelSpec("bad-model", "shape", str(bad), {}, random_weights=True,
+                            has_tokenizer=False)
+    with pytest.raises(procs.ServerStartError, match="exited with code") as err:
+        with engine.vllm_server(spec, startup_timeout=300):
+            pass
+    assert "Log " in str(err.value)
+    left = subprocess.run(["pgrep", "-f", str(bad)], capture_output=True, text=True).stdout.split()
+    assert left == [], f"vLLM processes left behind: {left}"
+
+
+@pytest.mark.slow
+def test_offline_engine_generates_and_reports_metrics():
+    from vllm import SamplingParams
+
+    with engine.offline_llm(models.resolve("tiny-llama"), max_model_len=256) as llm:
+        out = llm.generate(["def f(x):"], SamplingParams(max_tokens=5, ignore_eos=True))
+        names = {m.name for m in llm.get_metrics()}
+    assert len(out[0].outputs[0].token_ids) == 5
+    assert {"vllm:prefix_cache_queries", "vllm:time_to_first_token_seconds"} <= names
+
+
+def test_engine_kwargs_reject_bad_values_before_starting_anything():
+    spec = models.resolve("Llama-3.1-8B")
+    with pytest.raises(ValueError, match="gpu_memory_utilization"):
+        engine.engine_kwargs(spec, gpu_memory_utilization=1.5)
+    with pytest.raises(ValueError, match=r"max_model_len must be an int in \[16, 131072\]"):
+        engine.engine_kwargs(spec, max_model_len=10**7)

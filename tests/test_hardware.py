@@ -1,0 +1,61 @@
+import pytest
+
+from labs_lib import hardware
+
+NAMES = {  # what torch.cuda.get_device_name() prints -> table row
+    "NVIDIA H100 80GB HBM3": "H100 SXM", "NVIDIA H100 PCIe": "H100 PCIe",
+    "NVIDIA H100 NVL": "H100 NVL", "NVIDIA H200": "H200", "NVIDIA A100-SXM4-40GB": "A100 40GB",
+    "NVIDIA A100-SXM4-80GB": "A100 80GB SXM", "NVIDIA A100 80GB PCIe": "A100 80GB PCIe",
+    "Tesla T4": "T4", "NVIDIA L4": "L4", "NVIDIA A10G": "A10G", "NVIDIA L40S": "L40S",
+}
+
+
+@pytest.mark.parametrize("device_name,row", NAMES.items())
+def test_published_peak_matches_device_names(device_name, row):
+    assert hardware.published_peak(device_name).name == row
+
+
+def test_peaks_table_is_consistent():
+    for p in hardware.PEAKS:
+        assert p.bandwidth_gbs > 0 and p.fp16_tflops > 0 and p.int8_tops >= p.fp16_tflops
+        assert p.source
+        # ridge points of datasheet GPUs are in the tens to hundreds of FLOP/byte
+        assert 50 < p.fp16_tflops * 1e12 / p.bandwidth < 1000
+    assert hardware.published_peak("NVIDIA H100 80GB HBM3").flops("fp8") == pytest.approx(1978.9e12)
+    assert hardware.published_peak("Tesla T4").flops("bf16") is None
+    with pytest.raises(ValueError, match="dtype"):
+        hardware.PEAKS[0].flops("fp64")
+
+
+def test_fingerprint_has_the_documented_keys():
+    fp = hardware.fingerprint()
+    for key in ("gpu_name", "gpu_count", "gpu_mem_gb", "gpu_sm_count", "gpu_compute_capability",
+                "driver", "cuda", "torch", "vllm", "cpu_model", "cpu_cores_logical", "ram_gb"):
+        assert key in fp
+    assert fp["cpu_cores_logical"] >= 1 and fp["ram_gb"] > 0
+
+
+def test_gpu_profile_without_gpu_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(hardware, "tier", lambda: "cpu")
+    with pytest.raises(RuntimeError, match="no CUDA GPU is visible.*profile='auto' or 'cpu'"):
+        hardware.resolve_profile("gpu")
+    assert hardware.resolve_profile("auto") == "cpu"
+    with pytest.raises(ValueError, match="profile must be one of"):
+        hardware.resolve_profile("tpu")
+
+
+def test_microbenchmarks_report_consistent_units():
+    bw = hardware.measure_bandwidth("cpu", 8 << 20, warmup=1, repeats=3)
+    assert bw["bytes_moved"] == 2 * (8 << 20) and bw["bandwidth"] > 1e8
+    mm = hardware.measure_matmul("cpu", 128, "fp32", warmup=1, repeats=3)
+    assert mm["flops"] == 2 * 128**3 and mm["flops_per_s"] > 1e6
+    lin = hardware.measure_linear(4, 256, "cpu", "fp32", warmup=1, repeats=3)
+    assert lin["flops"] == 2 * 4 * 256 * 256
+    assert lin["bytes"] == (2 * 4 * 256 + 256 * 256) * 4
+    assert lin["intensity"] == pytest.approx(lin["flops"] / lin["bytes"])
+
+
+@pytest.mark.parametrize("kw,match", [({"nbytes": 10}, "nbytes"), ({"device": "tpu"}, "device")])
+def test_microbenchmarks_reject_bad_input(kw, match):
+    with pytest.raises(ValueError, match=match):
+        hardware.measure_bandwidth(**{"device": "cpu", **kw})
