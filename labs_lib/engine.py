@@ -58,8 +58,8 @@ def engine_kwargs(
 
     >>> from labs_lib.models import resolve
     >>> kw = engine_kwargs(resolve("Llama-3.1-8B"), max_model_len=4096)
-    >>> kw["load_format"], kw["skip_tokenizer_init"], kw["enable_prefix_caching"]
-    ('dummy', True, False)
+    >>> kw["load_format"], kw["enable_prefix_caching"]
+    ('dummy', False)
     >>> engine_kwargs(resolve("Llama-3.1-8B"), max_num_seqs=0)
     Traceback (most recent call last):
     ...
@@ -142,7 +142,7 @@ def server_command(spec: ModelSpec, port: int, **kwargs: Any) -> list[str]:
 
     >>> from labs_lib.models import resolve
     >>> cmd = server_command(resolve("Llama-3.1-8B"), 8123, max_model_len=2048)
-    >>> cmd[cmd.index("--port") + 1], "--skip-tokenizer-init" in cmd, "--no-enable-prefix-caching" in cmd
+    >>> cmd[cmd.index("--port") + 1], "--load-format" in cmd, "--no-enable-prefix-caching" in cmd
     ('8123', True, True)
     """
     kw = engine_kwargs(spec, **kwargs)

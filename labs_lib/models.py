@@ -128,11 +128,25 @@ def _write_atomic_json(path: Path, obj: Any) -> None:
 
 
 def _shape_spec(name: str) -> ModelSpec:
+    """config.json + a local BPE tokenizer padded to the model's vocabulary size.
+
+    The tokenizer is not the model's (it is trained here, offline), but it covers every id, so
+    servers accept text prompts and `vllm bench serve` works; with random weights text is noise.
+    """
     cfg = load_config(name)
     d = cache_dir() / "shapes" / name
-    d.mkdir(parents=True, exist_ok=True)
+    if not (d / "tokenizer.json").exists():
+        tmp = d.with_name(d.name + ".partial")
+        tmp.mkdir(parents=True, exist_ok=True)
+        train_tokenizer(tmp, 4096, pad_to=cfg["vocab_size"])
+        d.parent.mkdir(parents=True, exist_ok=True)
+        if d.exists():
+            import shutil
+
+            shutil.rmtree(d)
+        os.replace(tmp, d)
     _write_atomic_json(d / "config.json", cfg)
-    return ModelSpec(name, "shape", str(d), cfg, random_weights=True, has_tokenizer=False)
+    return ModelSpec(name, "shape", str(d), cfg, random_weights=True, has_tokenizer=True)
 
 
 # ----------------------------------------------------------------------------- tiny model
@@ -147,8 +161,14 @@ TINY_CONFIG: dict[str, Any] = {
 }
 
 
-def train_tokenizer(out_dir: Path, vocab_size: int = 4096) -> Path:
-    """Byte-level BPE trained on the Python docs shipped with Python (about 0.3 s)."""
+def train_tokenizer(out_dir: Path, vocab_size: int = 4096, pad_to: int | None = None) -> Path:
+    """Byte-level BPE trained on the Python docs shipped with Python (about 0.3 s).
+
+    `pad_to` extends the vocabulary with plain entries `<x{id}>` up to that many ids, so that a
+    shape-only model with a 128k-token vocabulary can decode every id it samples. Encoding never
+    produces them (they have no merges): like any real tokenizer, re-encoding generated text can
+    give other ids, which the token-accounting audit of the streaming client reports.
+    """
     from pydoc_data.topics import topics
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -163,6 +183,12 @@ def train_tokenizer(out_dir: Path, vocab_size: int = 4096) -> Path:
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
                                    pad_token="<pad>")
     fast.save_pretrained(str(out_dir))
+    if pad_to:
+        path = out_dir / "tokenizer.json"
+        data = json.loads(path.read_text())
+        vocab = data["model"]["vocab"]
+        vocab.update({f"<x{i}>": i for i in range(len(vocab), pad_to)})
+        _write_atomic_json(path, data)
     return out_dir
 
 

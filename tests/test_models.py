@@ -63,7 +63,7 @@ def test_hub_id_without_network_names_offline_alternatives(monkeypatch):
 
 def test_shape_spec_is_random_weights_and_says_so():
     spec = models.resolve("Mistral-7B")
-    assert spec.kind == "shape" and spec.load_format == "dummy" and not spec.has_tokenizer
+    assert spec.kind == "shape" and spec.load_format == "dummy" and spec.has_tokenizer
     assert "RANDOM weights" in spec.describe()
     assert (models.cache_dir() / "shapes" / "Mistral-7B" / "config.json").exists()
 
@@ -100,3 +100,13 @@ def test_roofline_intensities_sit_where_the_lesson_says():
     assert 0.9 < d1["intensity"] < 1.1  # ~1 FLOP/byte in bf16
     assert roofline.prefill(cfg, 4096)["intensity"] > 1000
     assert roofline.decode_step(cfg, 64, 1024)["intensity"] > 10 * d1["intensity"]
+
+
+def test_shape_tokenizer_covers_the_whole_vocabulary():
+    from transformers import AutoTokenizer
+
+    spec = models.resolve("Llama-3.2-1B")
+    tok = AutoTokenizer.from_pretrained(spec.path)
+    assert len(tok) == spec.config["vocab_size"] == 128256
+    text = tok.decode([300, 128255])
+    assert text.endswith("<x128255>")
