@@ -1,0 +1,203 @@
+"""A mock OpenAI-compatible streaming server whose true latencies are known by construction.
+
+It answers `/v1/completions` and `/v1/chat/completions` (streaming or not), `/v1/models`,
+`/health` and `/metrics`, sleeping a TTFT drawn from one distribution and an ITL per token
+from another. Uses:
+
+- unit tests: the client must measure the TTFT/ITL the mock was told to produce;
+- the client's own ceiling: with zero latencies, how many requests/s can this machine's client
+  drive, and how wrong are its timings at that load (`loadgen.client_ceiling`).
+
+Distributions are strings: "0.05" (constant seconds), "exp:0.05" (exponential, mean),
+"lognormal:0.05:0.5" (median, sigma), "uniform:0.01:0.03".
+
+    with mock_server(ttft="0.05", itl="0.01") as url:
+        ...  # an OpenAI-compatible endpoint at url
+
+Run by hand: python -m labs_lib.mockserver --port 8000 --ttft 0.05 --itl exp:0.01
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import random
+import sys
+import time
+from collections.abc import Callable, Iterator
+
+from . import params
+from .procs import ManagedProcess, free_port
+
+
+def parse_dist(spec: str) -> Callable[[random.Random], float]:
+    """A sampler from a distribution string (seconds).
+
+    >>> parse_dist("0.05")(random.Random(0))
+    0.05
+    >>> parse_dist("gauss:1")
+    Traceback (most recent call last):
+    ...
+    ValueError: distribution must be 'C', 'exp:MEAN', 'lognormal:MEDIAN:SIGMA' or 'uniform:A:B' (seconds), got 'gauss:1'
+    """
+    err = ValueError("distribution must be 'C', 'exp:MEAN', 'lognormal:MEDIAN:SIGMA' or "
+                     f"'uniform:A:B' (seconds), got {spec!r}")
+    kind, *args = str(spec).split(":")
+    try:
+        nums = [float(a) for a in args]
+        if not args:
+            c = float(kind)
+            if c < 0:
+                raise err
+            return lambda rng: c
+    except ValueError:
+        raise err from None
+    import math
+
+    if kind == "exp" and len(nums) == 1 and nums[0] > 0:
+        return lambda rng: rng.expovariate(1 / nums[0])
+    if kind == "lognormal" and len(nums) == 2 and nums[0] > 0 and nums[1] >= 0:
+        return lambda rng: rng.lognormvariate(math.log(nums[0]), nums[1])
+    if kind == "uniform" and len(nums) == 2 and 0 <= nums[0] <= nums[1]:
+        return lambda rng: rng.uniform(nums[0], nums[1])
+    raise err
+
+
+def _prompt_tokens(body: dict) -> int:
+    p = body.get("prompt")
+    if isinstance(p, list):
+        return len(p) if (not p or isinstance(p[0], int)) else sum(len(x) for x in p)
+    if isinstance(p, str):
+        return len(p.split())
+    return sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
+
+
+def make_app(ttft: str, itl: str, *, seed: int = 0, split_events: bool = False,
+             tokens_per_chunk: int = 1):
+    """The aiohttp application (exposed for tests that run it in-process)."""
+    from aiohttp import web
+
+    ttft_s, itl_s, rng = parse_dist(ttft), parse_dist(itl), random.Random(seed)
+    params.positive_int("tokens_per_chunk", tokens_per_chunk)
+    stats = {"requests": 0}
+
+    async def sleep_until(t: float) -> None:
+        delay = t - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+    async def completions(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        chat = request.path.endswith("/chat/completions")
+        n = int(body.get("max_tokens") or 16)
+        n_in = _prompt_tokens(body)
+        stats["requests"] += 1
+        t0 = time.perf_counter()
+        first, gaps = ttft_s(rng), [itl_s(rng) for _ in range(n - 1)]
+        rid = f"mock-{stats['requests']}"
+        usage = {"prompt_tokens": n_in, "completion_tokens": n, "total_tokens": n_in + n}
+        if not body.get("stream"):
+            await sleep_until(t0 + first + sum(gaps))
+            text = "".join(f" t{i}" for i in range(n))
+            choice = ({"index": 0, "message": {"role": "assistant", "content": text}} if chat
+                      else {"index": 0, "text": text})
+            return web.json_response({"id": rid, "object": "completion", "model": body.get("model"),
+                                      "choices": [choice], "usage": usage})
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+
+        async def send(obj: dict | str) -> None:
+            data = f"data: {obj if isinstance(obj, str) else json.dumps(obj)}\n\n".encode()
+            if split_events:  # one event in two TCP writes: the client must reassemble it
+                half = len(data) // 2
+                await resp.write(data[:half])
+                await asyncio.sleep(0.0005)
+                await resp.write(data[half:])
+            else:
+                await resp.write(data)
+
+        due, i = t0 + first, 0
+        while i < n:
+            k = min(tokens_per_chunk, n - i)
+            for g in gaps[i:i + k - 1]:  # a chunk of k tokens leaves when its last token is due
+                due += g
+            await sleep_until(due)
+            text = "".join(f" t{j}" for j in range(i, i + k))
+            ids = [10 + (j % 1000) for j in range(i, i + k)]
+            choice = ({"index": 0, "delta": {"content": text}} if chat
+                      else {"index": 0, "text": text})
+            if body.get("return_token_ids"):
+                choice["token_ids"] = ids
+            await send({"id": rid, "object": "text_completion", "choices": [choice]})
+            i += k
+            if i < n:
+                due += gaps[i - 1]
+        if (body.get("stream_options") or {}).get("include_usage"):
+            await send({"id": rid, "object": "text_completion", "choices": [], "usage": usage})
+        await send("[DONE]")
+        await resp.write_eof()
+        return resp
+
+    async def health(_: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def models(_: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": "mock", "object": "model"}]})
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(text=f"# TYPE mock:requests counter\nmock:requests_total {stats['requests']}\n")
+
+    app = web.Application()
+    app.add_routes([web.post("/v1/completions", completions),
+                    web.post("/v1/chat/completions", completions), web.get("/health", health),
+                    web.get("/v1/models", models), web.get("/metrics", metrics)])
+    return app
+
+
+@contextlib.contextmanager
+def mock_server(ttft: str = "0.05", itl: str = "0.01", *, seed: int = 0,
+                split_events: bool = False, tokens_per_chunk: int = 1) -> Iterator[str]:
+    """Run the mock in its own process (so it never competes with the client's event loop);
+    yields its base URL. Bad distributions fail here, before anything starts."""
+    import httpx
+
+    parse_dist(ttft), parse_dist(itl)
+    params.positive_int("tokens_per_chunk", tokens_per_chunk)
+    port = free_port()
+    cmd = [sys.executable, "-m", "labs_lib.mockserver", "--port", str(port), "--ttft", ttft,
+           "--itl", itl, "--seed", str(seed), "--tokens-per-chunk", str(tokens_per_chunk)]
+    if split_events:
+        cmd.append("--split-events")
+    url = f"http://127.0.0.1:{port}"
+    with ManagedProcess(cmd, name="mockserver") as proc:
+        proc.wait_until(lambda: httpx.get(url + "/health", timeout=1).status_code == 200,
+                        timeout=60, what="serving /health", interval=0.05)
+        yield url
+
+
+def main(argv: list[str] | None = None) -> None:
+    from aiohttp import web
+
+    ap = argparse.ArgumentParser(description="Mock OpenAI-compatible streaming server")
+    ap.add_argument("--port", type=int, default=8000)
+    ap.add_argument("--ttft", default="0.05")
+    ap.add_argument("--itl", default="0.01")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--split-events", action="store_true")
+    ap.add_argument("--tokens-per-chunk", type=int, default=1)
+    a = ap.parse_args(argv)
+    try:
+        import uvloop  # a faster event loop where installed
+
+        uvloop.install()
+    except ImportError:
+        pass
+    web.run_app(make_app(a.ttft, a.itl, seed=a.seed, split_events=a.split_events,
+                         tokens_per_chunk=a.tokens_per_chunk),
+                host="127.0.0.1", port=a.port, print=None, access_log=None)
+
+
+if __name__ == "__main__":
+    main()

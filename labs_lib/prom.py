@@ -1,0 +1,110 @@
+"""Read a Prometheus `/metrics` page (vLLM's `vllm:*` series) and compare phases.
+
+    before = scrape(url)
+    ...  # the measured phase
+    after = scrape(url)
+    d = delta(before, after)
+    d.counter("vllm:prefix_cache_hits")          # hits during the phase
+    d.histogram_quantile("vllm:time_to_first_token_seconds", 0.5)
+    d.histogram_mean("vllm:time_to_first_token_seconds")
+
+Counters and histograms are cumulative since the server started, so only differences between
+two scrapes describe one phase. Parsing uses prometheus_client's text parser.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+
+from prometheus_client.parser import text_string_to_metric_families
+
+Key = tuple[str, tuple[tuple[str, str], ...]]  # (sample name, sorted labels)
+
+
+@dataclass
+class Snapshot:
+    """All samples of one scrape: {(name, labels): value}."""
+
+    samples: dict[Key, float]
+
+    def _select(self, name: str, **labels: str) -> dict[Key, float]:
+        want = set(labels.items())
+        return {k: v for k, v in self.samples.items() if k[0] == name and want <= set(k[1])}
+
+    def value(self, name: str, **labels: str) -> float:
+        """Sum of the samples named `name` whose labels include `labels` (0 if none)."""
+        return float(sum(self._select(name, **labels).values()))
+
+    def counter(self, name: str, **labels: str) -> float:
+        """A counter by its family name ('vllm:prefix_cache_hits'; '_total' is added)."""
+        base = name.removesuffix("_total")
+        return self.value(base + "_total", **labels)
+
+    def buckets(self, name: str, **labels: str) -> list[tuple[float, float]]:
+        """[(upper bound, cumulative count)] of a histogram, summed over other labels."""
+        acc: dict[float, float] = defaultdict(float)
+        for (_, lab), v in self._select(name + "_bucket", **labels).items():
+            le = dict(lab)["le"]
+            acc[math.inf if le in ("+Inf", "inf") else float(le)] += v
+        return sorted(acc.items())
+
+    def histogram_quantile(self, name: str, q: float, **labels: str) -> float:
+        """Prometheus' histogram_quantile: linear interpolation inside the bucket."""
+        return histogram_quantile(q, self.buckets(name, **labels))
+
+    def histogram_mean(self, name: str, **labels: str) -> float:
+        """sum / count: exact, unlike quantiles, which buckets make coarse."""
+        count = self.value(name + "_count", **labels)
+        return self.value(name + "_sum", **labels) / count if count else math.nan
+
+    def histogram_count(self, name: str, **labels: str) -> float:
+        return self.value(name + "_count", **labels)
+
+
+def parse(text: str) -> Snapshot:
+    """Parse Prometheus text exposition format."""
+    samples: dict[Key, float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            samples[(s.name, tuple(sorted(s.labels.items())))] = float(s.value)
+    return Snapshot(samples)
+
+
+def scrape(base_url: str, timeout: float = 10.0) -> Snapshot:
+    import httpx
+
+    r = httpx.get(base_url.rstrip("/") + "/metrics", timeout=timeout)
+    r.raise_for_status()
+    return parse(r.text)
+
+
+def delta(before: Snapshot, after: Snapshot) -> Snapshot:
+    """after - before for every sample (gauges too: read gauges from `after` directly)."""
+    keys = set(before.samples) | set(after.samples)
+    return Snapshot({k: after.samples.get(k, 0.0) - before.samples.get(k, 0.0) for k in keys})
+
+
+def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float:
+    """Quantile from cumulative buckets [(le, count)], as Prometheus computes it.
+
+    >>> round(histogram_quantile(0.5, [(0.1, 0.0), (0.2, 10.0), (float("inf"), 10.0)]), 6)
+    0.15
+    """
+    if not 0 <= q <= 1:
+        raise ValueError(f"q must be in [0, 1], got {q}")
+    if not buckets or buckets[-1][1] == 0:
+        return math.nan
+    total = buckets[-1][1]
+    rank = q * total
+    prev_le, prev_count = 0.0, 0.0
+    for le, count in buckets:
+        if count >= rank:
+            if math.isinf(le):
+                return prev_le  # the quantile lies in the +Inf bucket: report its lower bound
+            if count == prev_count:
+                return le
+            return prev_le + (le - prev_le) * (rank - prev_count) / (count - prev_count)
+        prev_le, prev_count = le, count
+    return prev_le
