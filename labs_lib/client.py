@@ -40,7 +40,8 @@ class SSEParser:
         self._buf = b""
 
     def feed(self, chunk: bytes) -> list[str]:
-        self._buf += chunk.replace(b"\r\n", b"\n")
+        # normalize on the whole buffer: a "\r\n" can be split across two reads
+        self._buf = (self._buf + chunk).replace(b"\r\n", b"\n")
         events = []
         while b"\n\n" in self._buf:
             raw, self._buf = self._buf.split(b"\n\n", 1)

