@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,16 +94,19 @@ class LoadResult:
 
 async def _run(url: str, model: str, requests: Sequence[Request], load: Load,
                warmup: Sequence[Request], max_seconds: float, progress: bool, seed: int,
-               extra: dict[str, Any] | None) -> LoadResult:
+               extra: dict[str, Any] | None, on_measure_start: Callable[[], Any] | None
+               ) -> LoadResult:
     async with StreamingClient(url, model) as client:
         if warmup:
             await asyncio.gather(*(client.complete(w.prompt, w.max_tokens, extra=extra)
                                    for w in warmup))
+        if on_measure_start is not None:
+            on_measure_start()
         bar = None
         if progress:
-            from tqdm.auto import tqdm
+            from tqdm import tqdm  # plain text bar: readable in executed notebooks and logs
 
-            bar = tqdm(total=len(requests), desc=load.describe(), leave=False)
+            bar = tqdm(total=len(requests), desc=load.describe(), leave=False, mininterval=5.0)
         limit = load.concurrency or len(requests)
         sem = asyncio.Semaphore(limit)
         offsets = load.arrival_offsets(len(requests), seed)
@@ -136,15 +139,19 @@ async def _run(url: str, model: str, requests: Sequence[Request], load: Load,
 
 def run_load(url: str, model: str, requests: Sequence[Request], load: Load, *,
              warmup: Sequence[Request] = (), max_seconds: float = 600.0, progress: bool = True,
-             seed: int = 0, extra: dict[str, Any] | None = None) -> LoadResult:
+             seed: int = 0, extra: dict[str, Any] | None = None,
+             on_measure_start: Callable[[], Any] | None = None) -> LoadResult:
     """Send `requests` with the arrival pattern `load`; warm-up first, excluded from results.
 
-    Works from a notebook too (where an event loop is already running).
+    `on_measure_start()` is called between warm-up and the measured phase (e.g. to scrape the
+    server's /metrics so its counters cover exactly the measured requests). Works from a
+    notebook too (where an event loop is already running).
     """
     if not requests:
         raise ValueError("requests must not be empty")
     params.positive_float("max_seconds", max_seconds)
-    coro = _run(url, model, list(requests), load, list(warmup), max_seconds, progress, seed, extra)
+    coro = _run(url, model, list(requests), load, list(warmup), max_seconds, progress, seed, extra,
+                on_measure_start)
     try:
         asyncio.get_running_loop()
     except RuntimeError:

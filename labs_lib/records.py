@@ -135,6 +135,19 @@ class Recorder:
         return df[df["lab"] == self.lab].reset_index(drop=True) if len(df) else df
 
 
+def save_table(df: pd.DataFrame, name: str) -> Path:
+    """Write a per-item table (e.g. one row per request) as `<run_dir>/tables/<name>.csv`,
+    atomically. Records hold summaries; tables hold the raw samples behind them."""
+    d = run_dir() / "tables"
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / f"{name}.csv"
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".table-")
+    os.close(fd)
+    df.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+    return path
+
+
 def load(path: str | os.PathLike | None = None) -> pd.DataFrame:
     """All records of a file as a flat DataFrame (nested keys become 'params.x' columns)."""
     path = Path(path) if path is not None else records_path()
