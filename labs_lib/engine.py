@@ -96,7 +96,9 @@ def offline_llm(spec: ModelSpec, **kwargs: Any) -> Iterator[Any]:
     in its own process (see `run_in_subprocess`).
     """
     kw = engine_kwargs(spec, **kwargs)
-    os.environ.update(CPU_ENV if tier() == "cpu" else GPU_ENV)
+    os.environ.update(_engine_env(kw))
+    if "kv_cache_memory_bytes" in kw:  # in-process: the engine reads this very environment
+        os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
     from vllm import LLM
 
     print(f"vLLM engine: {spec.describe()}", flush=True)
@@ -109,6 +111,15 @@ def offline_llm(spec: ModelSpec, **kwargs: Any) -> Iterator[Any]:
         _shutdown(llm)
         del llm
         gc.collect()
+
+
+def _engine_env(kw: dict[str, Any]) -> dict[str, str]:
+    """Environment for an engine. An explicit `kv_cache_memory_bytes` wins over the CPU
+    backend's legacy VLLM_CPU_KVCACHE_SPACE, which would otherwise override it."""
+    env = dict(CPU_ENV if tier() == "cpu" else GPU_ENV)
+    if "kv_cache_memory_bytes" in kw:
+        env.pop("VLLM_CPU_KVCACHE_SPACE", None)
+    return env
 
 
 def _shutdown(llm: Any) -> None:
@@ -175,13 +186,14 @@ def vllm_server(spec: ModelSpec, *, startup_timeout: float = 900.0, port: int | 
 
     params.positive_float("startup_timeout", startup_timeout)
     port = port or free_port()
-    env = dict(CPU_ENV if tier() == "cpu" else GPU_ENV)
+    env = _engine_env(kwargs)
     env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)  # the server runs its engine in a child
     logs = run_dir() / "logs"
     logs.mkdir(exist_ok=True)
     cmd = server_command(spec, port, **kwargs) + list(extra_args)
     print(f"vLLM server: {spec.describe()}\n  log: {logs}/vllm-{spec.name}-{port}.log", flush=True)
-    proc = ManagedProcess(cmd, name=f"vllm-{spec.name}", env=env,
+    unset = ["VLLM_CPU_KVCACHE_SPACE"] if "kv_cache_memory_bytes" in kwargs else []
+    proc = ManagedProcess(cmd, name=f"vllm-{spec.name}", env=env, unset=unset,
                           log_path=logs / f"vllm-{spec.name}-{port}.log")
     url = f"http://127.0.0.1:{port}"
     try:

@@ -185,6 +185,15 @@ def fingerprint() -> dict[str, Any]:
     return fp
 
 
+def gpu_total_memory() -> int | None:
+    """Total memory of GPU 0 in bytes (what vLLM's gpu_memory_utilization multiplies), or None."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available() else None
+
+
 def short_name(fp: dict[str, Any]) -> str:
     """A folder-friendly name for the device: 'h100', 'a10g', 'cpu-xeon-8481c'...
 

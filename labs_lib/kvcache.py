@@ -76,3 +76,100 @@ def blocks_needed(tokens: int, block_size: int) -> int:
     params.non_negative_int("tokens", tokens)
     params.positive_int("block_size", block_size)
     return math.ceil(tokens / block_size)
+
+
+def capacity(cfg: dict[str, Any], *, kv_memory_bytes: float, block_size: int,
+             kv_dtype: str = "bf16") -> dict[str, int]:
+    """KV capacity of a memory budget: whole blocks of `block_size` tokens.
+
+    >>> from labs_lib.models import load_config
+    >>> capacity(load_config("Llama-3.1-8B"), kv_memory_bytes=50.97 * 2**30, block_size=16)["tokens"]
+    417536
+    """
+    params.positive_int("block_size", block_size)
+    if kv_memory_bytes <= 0:
+        raise ValueError(f"kv_memory_bytes must be > 0, got {kv_memory_bytes}: the weights and "
+                         "activations leave no memory for the KV cache (lower max_model_len or "
+                         "raise gpu_memory_utilization)")
+    per_block = block_size * kv_bytes_per_token(cfg, kv_dtype)
+    blocks = int(kv_memory_bytes // per_block)
+    return {"bytes_per_token": kv_bytes_per_token(cfg, kv_dtype), "bytes_per_block": per_block,
+            "blocks": blocks, "tokens": blocks * block_size}
+
+
+def kv_budget(total_memory: float, gpu_memory_utilization: float, *, weights: float,
+              activations: float = 0.0, non_torch: float = 0.0, cuda_graphs: float = 0.0) -> float:
+    """Bytes left for the KV cache: utilization x total memory minus everything else (bytes).
+
+    >>> kv_budget(80e9, 0.9, weights=16e9, activations=2e9)
+    54000000000.0
+    """
+    params.positive_float("gpu_memory_utilization", gpu_memory_utilization, hi=1.0)
+    return total_memory * gpu_memory_utilization - weights - activations - non_torch - cuda_graphs
+
+
+def max_concurrency(cfg: dict[str, Any], blocks: int, block_size: int, context_len: int) -> int:
+    """Sequences of `context_len` tokens that fit in `blocks` blocks (window applied).
+
+    >>> from labs_lib.models import load_config
+    >>> max_concurrency(load_config("Llama-3.1-8B"), blocks=1000, block_size=16, context_len=4000)
+    4
+    """
+    window = sliding_window(cfg)
+    tokens = min(context_len, window) if window else context_len
+    return blocks // blocks_needed(tokens, block_size)
+
+
+def contiguous_waste(lengths: list[int], max_model_len: int, block_size: int) -> dict[str, float]:
+    """Memory a contiguous allocator reserves (max_model_len per request) vs paged blocks.
+
+    >>> w = contiguous_waste([100, 300], max_model_len=1000, block_size=16)
+    >>> w["paged_reserved"], w["paged_waste_fraction"]  # 7 + 19 blocks of 16 for 400 tokens
+    (416, 0.0385)
+    >>> w["contiguous_waste_fraction"]  # 2 x 1000 reserved for 400 tokens
+    0.8
+    """
+    params.positive_int("max_model_len", max_model_len)
+    used = sum(lengths)
+    paged = sum(blocks_needed(n, block_size) * block_size for n in lengths)
+    contiguous = max_model_len * len(lengths)
+    return {"tokens_used": used, "paged_reserved": paged, "contiguous_reserved": contiguous,
+            "paged_waste_fraction": round(1 - used / paged, 4) if paged else 0.0,
+            "contiguous_waste_fraction": 1 - used / contiguous if contiguous else 0.0}
+
+
+# --- what vLLM says it allocated -------------------------------------------------------------
+
+_LOG_PATTERNS = {  # vLLM 0.2x-0.3x engine log lines (GPU and CPU workers)
+    "kv_cache_tokens": r"(?:GPU|CPU|XPU) KV cache size: ([\d,]+) tokens",
+    "available_kv_gib": r"Available KV cache memory: ([\d.]+) GiB",
+    "weights_gib": r"Model loading took ([\d.]+) GiB",
+    "activation_gib": r"([\d.]+) GiB for peak activation",
+    "non_torch_gib": r"([\d.]+) GiB for non-torch memory",
+    "cuda_graph_gib": r"([\d.]+) GiB for CUDAGraph memory",
+    "cpu_kv_space_gib": r"Explicitly set \(([\d.]+)/[\d.]+\) GiB for KV cache",
+    "max_concurrency": r"Maximum concurrency for ([\d,]+) tokens per request: ([\d.]+)x",
+}
+
+
+def parse_vllm_log(text: str) -> dict[str, float | None]:
+    """What a vLLM engine log reports about memory and KV capacity (None where absent).
+
+    Log lines are not a stable API: every field may be None on another vLLM version, and callers
+    must say so rather than fail.
+
+    >>> parse_vllm_log("INFO ... GPU KV cache size: 417,536 tokens")["kv_cache_tokens"]
+    417536.0
+    """
+    import re
+
+    out: dict[str, float | None] = {}
+    for key, pat in _LOG_PATTERNS.items():
+        hits = re.findall(pat, text)
+        if not hits:
+            out[key] = None
+        elif key == "max_concurrency":
+            out[key] = float(hits[-1][1])
+        else:
+            out[key] = float(str(hits[-1]).replace(",", ""))
+    return out

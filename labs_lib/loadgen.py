@@ -92,49 +92,73 @@ class LoadResult:
         return [r for r in self.results if r.ok]
 
 
-async def _run(url: str, model: str, requests: Sequence[Request], load: Load,
+async def _drive(client: StreamingClient, requests: Sequence[Request], load: Load,
+                 max_seconds: float, progress: bool, seed: int, extra: dict[str, Any] | None,
+                 label: str = "") -> LoadResult:
+    """Send one class of requests with its arrival pattern on an open client."""
+    bar = None
+    if progress:
+        from tqdm import tqdm  # plain text bar: readable in executed notebooks and logs
+
+        bar = tqdm(total=len(requests), desc=label or load.describe(), leave=False, mininterval=5.0)
+    sem = asyncio.Semaphore(load.concurrency or len(requests))
+    offsets = load.arrival_offsets(len(requests), seed)
+    start = time.perf_counter()
+    deadline = start + max_seconds
+    stopped = False
+
+    async def one(req: Request, offset: float) -> RequestResult | None:
+        nonlocal stopped
+        delay = start + offset - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        async with sem:
+            if time.perf_counter() > deadline:
+                stopped = True
+                return None
+            r = await client.complete(req.prompt, req.max_tokens, extra=extra)
+        if bar is not None:
+            bar.update(1)
+        return r
+
+    done = await asyncio.gather(*(one(r, o) for r, o in zip(requests, offsets, strict=True)))
+    if bar is not None:
+        bar.close()
+    results = [r for r in done if r is not None]
+    first = min((r.send_time for r in results), default=start)
+    last = max((r.send_time + (r.e2e or 0) for r in results), default=start)
+    return LoadResult(results, load, last - first, 0, stopped)
+
+
+async def _run(url: str, model: str, classes: Sequence[tuple[Sequence[Request], Load]],
                warmup: Sequence[Request], max_seconds: float, progress: bool, seed: int,
                extra: dict[str, Any] | None, on_measure_start: Callable[[], Any] | None
-               ) -> LoadResult:
+               ) -> list[LoadResult]:
     async with StreamingClient(url, model) as client:
         if warmup:
             await asyncio.gather(*(client.complete(w.prompt, w.max_tokens, extra=extra)
                                    for w in warmup))
         if on_measure_start is not None:
             on_measure_start()
-        bar = None
-        if progress:
-            from tqdm import tqdm  # plain text bar: readable in executed notebooks and logs
+        out = await asyncio.gather(*(
+            _drive(client, reqs, load, max_seconds, progress, seed + i, extra,
+                   label=f"class {i}: {load.describe()}" if len(classes) > 1 else "")
+            for i, (reqs, load) in enumerate(classes)))
+    for r in out:
+        r.warmup_n = len(warmup)
+    return list(out)
 
-            bar = tqdm(total=len(requests), desc=load.describe(), leave=False, mininterval=5.0)
-        limit = load.concurrency or len(requests)
-        sem = asyncio.Semaphore(limit)
-        offsets = load.arrival_offsets(len(requests), seed)
-        start = time.perf_counter()
-        deadline = start + max_seconds
-        stopped = False
 
-        async def one(req: Request, offset: float) -> RequestResult | None:
-            nonlocal stopped
-            delay = start + offset - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            async with sem:
-                if time.perf_counter() > deadline:
-                    stopped = True
-                    return None
-                r = await client.complete(req.prompt, req.max_tokens, extra=extra)
-            if bar is not None:
-                bar.update(1)
-            return r
+def _run_sync(coro: Any) -> Any:
+    """Run a coroutine to completion, also from inside Jupyter (where a loop is running)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    import concurrent.futures
 
-        done = await asyncio.gather(*(one(r, o) for r, o in zip(requests, offsets, strict=True)))
-        if bar is not None:
-            bar.close()
-    results = [r for r in done if r is not None]
-    first = min((r.send_time for r in results), default=start)
-    last = max((r.send_time + (r.e2e or 0) for r in results), default=start)
-    return LoadResult(results, load, last - first, len(warmup), stopped)
+    with concurrent.futures.ThreadPoolExecutor(1) as ex:
+        return ex.submit(asyncio.run, coro).result()
 
 
 def run_load(url: str, model: str, requests: Sequence[Request], load: Load, *,
@@ -150,16 +174,21 @@ def run_load(url: str, model: str, requests: Sequence[Request], load: Load, *,
     if not requests:
         raise ValueError("requests must not be empty")
     params.positive_float("max_seconds", max_seconds)
-    coro = _run(url, model, list(requests), load, list(warmup), max_seconds, progress, seed, extra,
-                on_measure_start)
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    import concurrent.futures  # inside Jupyter: run the load in a thread with its own loop
+    return _run_sync(_run(url, model, [(list(requests), load)], list(warmup), max_seconds,
+                          progress, seed, extra, on_measure_start))[0]
 
-    with concurrent.futures.ThreadPoolExecutor(1) as ex:
-        return ex.submit(asyncio.run, coro).result()
+
+def run_mixed(url: str, model: str, classes: Sequence[tuple[Sequence[Request], Load]], *,
+              warmup: Sequence[Request] = (), max_seconds: float = 600.0, progress: bool = True,
+              seed: int = 0, on_measure_start: Callable[[], Any] | None = None
+              ) -> list[LoadResult]:
+    """Several request classes at once, each with its own arrival pattern (e.g. long-running
+    decode streams while long prompts arrive); one LoadResult per class, in order."""
+    if not classes or any(not reqs for reqs, _ in classes):
+        raise ValueError("classes must be a non-empty list of (non-empty requests, Load)")
+    params.positive_float("max_seconds", max_seconds)
+    return _run_sync(_run(url, model, [(list(r), ld) for r, ld in classes], list(warmup),
+                          max_seconds, progress, seed, None, on_measure_start))
 
 
 def client_ceiling(concurrencies: Sequence[int] = (1, 8, 32, 128), n_per_level: int = 200,

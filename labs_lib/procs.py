@@ -46,7 +46,8 @@ class ManagedProcess:
     """A command run in its own process group, logged to a file, killed with its owner."""
 
     def __init__(self, cmd: Sequence[str], *, name: str = "proc", env: dict[str, str] | None = None,
-                 log_path: str | os.PathLike | None = None, cwd: str | None = None):
+                 log_path: str | os.PathLike | None = None, cwd: str | None = None,
+                 unset: Sequence[str] = ()):
         self.name = name
         self.cmd = [str(c) for c in cmd]
         if log_path is None:
@@ -55,7 +56,7 @@ class ManagedProcess:
         self.log_path = Path(log_path)
         self._log = open(self.log_path, "wb")
         reaper = [sys.executable, "-m", "labs_lib.procs", str(os.getpid()), "--"]
-        full_env = {**os.environ, **(env or {})}
+        full_env = {k: v for k, v in {**os.environ, **(env or {})}.items() if k not in unset}
         pkg_root = str(Path(__file__).resolve().parents[1])
         full_env["PYTHONPATH"] = os.pathsep.join(
             p for p in (pkg_root, full_env.get("PYTHONPATH", "")) if p)

@@ -175,3 +175,16 @@ def test_workload_prompts_share_exactly_the_asked_prefix():
     assert all(16 <= t < 5000 for p in ps for t in p)
     lens = workload.output_lengths(2000, dist="exponential", mean=50, lo=1, hi=400, seed=1)
     assert 40 < np.mean(lens) < 60 and min(lens) >= 1 and max(lens) <= 400
+
+
+def test_mixed_classes_run_concurrently_and_report_separately():
+    with mock_server("0.02", "0.01") as url:
+        long_streams = [Request([1] * 8, 40)] * 4
+        bursts = [Request([2] * 8, 2)] * 6
+        t_long, t_burst = loadgen.run_mixed(
+            url, "mock", [(long_streams, Load("concurrency", concurrency=4)),
+                          (bursts, Load("poisson", rate=30))], progress=False)
+    assert len(t_long.results) == 4 and len(t_burst.results) == 6
+    assert all(r.n_out == 40 for r in t_long.results) and all(r.n_out == 2 for r in t_burst.results)
+    # the bursts ran while the long streams were still going, not after them
+    assert min(r.send_time for r in t_burst.results) < max(r.send_time + r.e2e for r in t_long.results)

@@ -1,0 +1,138 @@
+"""Experiments that must run in a fresh process: one engine configuration per process.
+
+Freeing a vLLM engine's memory inside a process is unreliable, and an HF model and a vLLM engine
+on one GPU compete for memory. So a sweep over engine settings calls `run_isolated(name, **kw)`,
+which runs the worker `name` below in a new Python process (under labs_lib.procs, so it dies
+with its owner), passes arguments and results as JSON, and keeps the worker's log in the run
+folder.
+
+    out = run_isolated("vllm_batch", model="tiny-llama", prompts=[[1, 2, 3]], out_lens=[8],
+                       engine={"max_num_seqs": 4, "max_model_len": 256})
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .procs import ManagedProcess, ServerStartError
+from .records import run_dir
+
+WORKERS = ("vllm_batch", "hf_static_batches")
+
+
+def run_isolated(name: str, *, timeout: float = 1800.0, **kwargs: Any) -> dict[str, Any]:
+    """Run worker `name` with `kwargs` in a fresh process; return its JSON result."""
+    if name not in WORKERS:
+        raise ValueError(f"unknown experiment {name!r}; known: {list(WORKERS)}")
+    logs = run_dir() / "logs"
+    logs.mkdir(exist_ok=True)
+    stem = f"{name}-{time.strftime('%H%M%S')}-{abs(hash(json.dumps(kwargs, sort_keys=True))) % 10**6}"
+    args, result = logs / f"{stem}.args.json", logs / f"{stem}.result.json"
+    args.write_text(json.dumps(kwargs))
+    cmd = [sys.executable, "-m", "labs_lib.experiments", name, str(args), str(result)]
+    with ManagedProcess(cmd, name=name, log_path=logs / f"{stem}.log") as p:
+        try:
+            code = p.wait(timeout=timeout)
+        except Exception as e:
+            raise ServerStartError(f"{name} did not finish in {timeout:.0f} s; log {p.log_path}") from e
+        if code != 0 or not result.exists():
+            raise RuntimeError(f"{name} failed (exit {code}); log {p.log_path}, last lines:\n"
+                               f"{p.log_text(3000)}")
+    args.unlink(missing_ok=True)
+    return json.loads(result.read_text())
+
+
+def vllm_batch(model: str, prompts: list[list[int]], out_lens: list[int],
+               engine: dict[str, Any] | None = None, warmup: int = 8) -> dict[str, Any]:
+    """Submit every request at once to an offline vLLM engine (continuous batching decides the
+    order); per-request TTFT / TPOT / E2E from the engine's own timestamps."""
+    from vllm import SamplingParams
+
+    from .engine import offline_llm
+    from .models import resolve
+    from .workload import warmup_prompts
+
+    spec = resolve(model)
+    t_start = time.perf_counter()
+    with offline_llm(spec, **(engine or {})) as llm:
+        startup = time.perf_counter() - t_start
+        vocab = spec.config["vocab_size"]
+        llm.generate([{"prompt_token_ids": p} for p in warmup_prompts(warmup, 16, vocab_size=vocab)],
+                     SamplingParams(max_tokens=8, ignore_eos=True), use_tqdm=False)
+        sps = [SamplingParams(max_tokens=n, ignore_eos=True, temperature=0.0) for n in out_lens]
+        t0 = time.perf_counter()
+        outs = llm.generate([{"prompt_token_ids": p} for p in prompts], sps, use_tqdm=False)
+        wall = time.perf_counter() - t0
+    rows = []
+    for o in outs:
+        m, n = o.metrics, len(o.outputs[0].token_ids)
+        rows.append({"n_out": n, "ttft": m.first_token_ts - m.queued_ts,
+                     "e2e": m.last_token_ts - m.queued_ts,
+                     "tpot": (m.last_token_ts - m.first_token_ts) / (n - 1) if n > 1 else None,
+                     "preemptions": getattr(m, "num_preemptions", None)})
+    return {"wall_s": wall, "startup_s": startup, "requests": rows,
+            "output_tokens": sum(r["n_out"] for r in rows)}
+
+
+def hf_static_batches(model: str, prompts: list[list[int]], out_lens: list[int],
+                      batch_size: int) -> dict[str, Any]:
+    """Static batching with transformers `generate`: fixed batches in arrival order, left-padded;
+    each batch runs until its longest request is done. Every request arrived at t=0."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from .models import resolve
+    from .timing import synchronize
+
+    spec = resolve(model)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    t_start = time.perf_counter()
+    if spec.random_weights:
+        cfg = AutoConfig.for_model(**{k: v for k, v in spec.config.items()
+                                      if k not in ("architectures", "torch_dtype")})
+        with torch.device(device):
+            net = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
+    else:
+        net = AutoModelForCausalLM.from_pretrained(spec.path, dtype=torch.bfloat16).to(device)
+    net.eval()
+    startup = time.perf_counter() - t_start
+
+    def batch_tensors(ps):
+        width = max(len(p) for p in ps)
+        ids = torch.tensor([[0] * (width - len(p)) + p for p in ps], device=device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in ps], device=device)
+        return ids, mask
+
+    with torch.inference_mode():  # warm-up: kernels, allocator
+        ids, mask = batch_tensors(prompts[:batch_size])
+        net.generate(input_ids=ids, attention_mask=mask, max_new_tokens=4, min_new_tokens=4,
+                     do_sample=False, pad_token_id=0)
+        synchronize(device)
+        rows, t0 = [], time.perf_counter()
+        for i in range(0, len(prompts), batch_size):
+            ps, lens = prompts[i:i + batch_size], out_lens[i:i + batch_size]
+            ids, mask = batch_tensors(ps)
+            steps = max(lens)
+            net.generate(input_ids=ids, attention_mask=mask, max_new_tokens=steps,
+                         min_new_tokens=steps, do_sample=False, pad_token_id=0)
+            synchronize(device)
+            done = time.perf_counter() - t0
+            rows += [{"n_out": n, "e2e": done, "batch": i // batch_size, "batch_steps": steps}
+                     for n in lens]
+        wall = time.perf_counter() - t0
+    return {"wall_s": wall, "startup_s": startup, "requests": rows,
+            "output_tokens": sum(out_lens), "computed_tokens": sum(r["batch_steps"] for r in rows)}
+
+
+if __name__ == "__main__":
+    worker, args_path, out_path = sys.argv[1:4]
+    if worker not in WORKERS:
+        sys.exit(f"unknown worker {worker!r}")
+    result = globals()[worker](**json.loads(Path(args_path).read_text()))
+    tmp = Path(out_path + ".tmp")
+    tmp.write_text(json.dumps(result))
+    tmp.replace(out_path)
