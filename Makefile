@@ -25,7 +25,8 @@ install: $(STAMP)  ## create .venv and install the stack for this machine (CPU o
 run: $(STAMP)  ## execute every notebook into runs/<UTC timestamp>/ and print a summary table
 	$(PY) -m labs_lib.runner --out runs/$(NOW) $(if $(NOTEBOOKS),--only $(NOTEBOOKS))
 
-test: $(STAMP)  ## unit tests + every notebook with its DEFAULT parameters (what CI runs)
+test: $(STAMP)  ## lint, unit tests + every notebook with its DEFAULT parameters (what CI runs)
+	$(VENV)/bin/ruff check labs_lib tests tools notebooks
 	LABS_RUN_DIR=$(CURDIR)/runs/test-$(NOW) $(PY) -m pytest -q -p no:cacheprovider \
 	  --doctest-modules labs_lib tests \
 	  --nbval-lax --nbval-cell-timeout=1200 notebooks

@@ -16,7 +16,6 @@ chunk), and, given a tokenizer, the re-tokenized text. `audit()` says when they 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import Sequence
@@ -221,7 +220,7 @@ class StreamingClient:
             r.ok = r.ttft is not None
             if not r.ok:
                 r.error = "stream ended without any token"
-        except (httpx.HTTPError, json.JSONDecodeError, asyncio.TimeoutError) as e:
+        except (httpx.HTTPError, json.JSONDecodeError, TimeoutError) as e:
             r.e2e = time.perf_counter() - t0
             r.error = f"{type(e).__name__}: {e}"
         return r

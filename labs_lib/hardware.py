@@ -247,7 +247,7 @@ def measure_bandwidth(
     s = timing.summarize(timing.measure(lambda: dst.copy_(src), warmup=warmup, repeats=repeats,
                                         device=dev))
     moved = 2 * n * 4
-    del src, dst
+    src = dst = None  # drop the buffers before giving memory back
     _release(dev)
     return {"kernel": "copy", "device": dev, "bytes_moved": moved, "bandwidth": moved / s.p50,
             "bandwidth_best": moved / s.min, "summary": s}
@@ -273,7 +273,7 @@ def measure_matmul(
     s = timing.summarize(timing.measure(lambda: a @ b, warmup=warmup, repeats=repeats, device=dev,
                                         max_seconds=60))
     flops = 2 * n**3
-    del a, b
+    a = b = None
     _release(dev)
     return {"kernel": "matmul", "device": dev, "dtype": dtype, "n": n, "flops": flops,
             "flops_per_s": flops / s.p50, "flops_per_s_best": flops / s.min, "summary": s}
@@ -301,7 +301,7 @@ def measure_linear(
                                         max_seconds=30))
     elt = torch.finfo(dt).bits // 8
     flops, nbytes = 2 * tokens * d * d, (2 * tokens * d + d * d) * elt
-    del x, w
+    x = w = None
     _release(dev)
     return {"kernel": "linear", "device": dev, "dtype": dtype, "tokens": tokens, "d": d,
             "flops": flops, "bytes": nbytes, "intensity": flops / nbytes,

@@ -170,6 +170,7 @@ def train_tokenizer(out_dir: Path, vocab_size: int = 4096, pad_to: int | None = 
     give other ids, which the token-accounting audit of the streaming client reports.
     """
     from pydoc_data.topics import topics
+
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
