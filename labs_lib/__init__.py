@@ -9,6 +9,7 @@ Modules, by role:
 - engine    vLLM in-process (`offline_llm`) or as an OpenAI-compatible server (`vllm_server`)
 - records   JSON-lines results, written atomically; where a run's files go
 - plots     one style; the roofline
+- checks    the laws a lab states, printed PASS/FAIL, recorded, asserted
 - runner    `python -m labs_lib.runner`: execute every notebook into runs/<timestamp>/
 """
 
