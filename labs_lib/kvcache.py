@@ -67,6 +67,18 @@ def kv_bytes_per_sequence(cfg: dict[str, Any], context_len: int, dtype: str = "b
     return tokens * kv_bytes_per_token(cfg, dtype)
 
 
+def kv_bytes_per_batch(cfg: dict[str, Any], context_lens: list[int], dtype: str = "bf16") -> int:
+    """Bytes of KV cache a batch of sequences holds (each with its own context length).
+
+    >>> from labs_lib.models import load_config
+    >>> kv_bytes_per_batch(load_config("Llama-3.1-8B"), [1000, 3000]) == 4000 * 131072
+    True
+    """
+    if not context_lens:
+        raise ValueError("context_lens must not be empty")
+    return sum(kv_bytes_per_sequence(cfg, n, dtype) for n in context_lens)
+
+
 def blocks_needed(tokens: int, block_size: int) -> int:
     """Blocks of `block_size` tokens that `tokens` occupy (the last one partly filled).
 
