@@ -118,6 +118,8 @@ class RequestResult:
                "token_ids_seen": self.token_ids_seen, "retokenized": None}
         if tokenizer is not None:
             out["retokenized"] = len(tokenizer(self.text, add_special_tokens=False)["input_ids"])
+        out["stream_agrees"] = out["usage"] is None or out["usage"] == out["streamed"]
+        out["retokenized_agrees"] = None if out["retokenized"] is None else out["retokenized"] == out["usage"]
         counts = {v for k, v in out.items() if k in ("usage", "streamed", "retokenized") and v is not None}
         out["agree"] = len(counts) <= 1
         return out

@@ -80,10 +80,14 @@ def test_token_accounting_audit_flags_disagreement():
     words = lambda text, add_special_tokens=False: {"input_ids": text.split()}  # noqa: E731
     r = RequestResult(1, 0.0, ok=True, ttft=0.1, e2e=0.3, chunk_times=[0.1, 0.2],
                       chunk_tokens=[1, 1], text=" t0 t1", completion_tokens=2)
-    assert r.audit(words) == {"usage": 2, "streamed": 2, "token_ids_seen": False,
-                              "retokenized": 2, "agree": True}
+    assert r.audit(words) == {"usage": 2, "streamed": 2, "token_ids_seen": False, "retokenized": 2,
+                              "stream_agrees": True, "retokenized_agrees": True, "agree": True}
     r.completion_tokens = 3  # the server says 3, the stream showed 2
-    assert r.audit(words)["agree"] is False
+    a = r.audit(words)
+    assert (a["agree"], a["stream_agrees"], a["retokenized_agrees"]) == (False, False, False)
+    r.completion_tokens, r.text = 2, " t0t1"  # text that re-tokenizes differently
+    a = r.audit(words)
+    assert (a["stream_agrees"], a["retokenized_agrees"], a["agree"]) == (True, False, False)
 
 
 def test_http_error_is_reported_not_raised():
