@@ -11,6 +11,7 @@ to the run folder as well.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -68,13 +69,32 @@ def headline(out: Path, lab: str) -> str:
     return str(rows["value"].iloc[-1]) if len(rows) else ""
 
 
+@contextlib.contextmanager
+def _stderr_to(path: Path):
+    """Send this process's stderr, and so the kernel's (which inherits it), to `path`: kernel
+    warnings and engine logs stay out of the one-line-per-notebook progress."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(path, "ab") as f:
+        os.dup2(f.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 def run_one(nb: Path, out: Path, parameters: dict[str, object]) -> Result:
     import papermill as pm
 
     t0 = time.perf_counter()
+    (out / "logs").mkdir(parents=True, exist_ok=True)
     try:
-        pm.execute_notebook(str(nb), str(out / nb.name), parameters=parameters, kernel_name="python3",
-                            cwd=str(nb.parent), progress_bar=False, log_output=False)
+        with _stderr_to(out / "logs" / f"{nb.stem}.stderr.log"):
+            pm.execute_notebook(str(nb), str(out / nb.name), parameters=parameters,
+                                kernel_name="python3", cwd=str(nb.parent), progress_bar=False,
+                                log_output=False)
         status, error = "ok", ""
     except pm.PapermillExecutionError as e:
         status, error = "failed", f"cell {e.exec_count}: {e.ename}: {str(e.evalue)[:300]}"

@@ -25,6 +25,7 @@ def test_run_one_reports_ok_with_headline_and_failure_with_cell(tmp_path):
     table = runner.summary_table([r_ok, r_bad])
     assert "| 91_ok | ok |" in table and "| 92_bad | failed |" in table
     assert (out / "92_bad.ipynb").exists()  # the executed copy is kept, with its traceback
+    assert (out / "logs" / "92_bad.stderr.log").exists()  # kernel noise goes to a log, not the table
     assert records.load(out / "records.jsonl")["value"].tolist() == ["42 tok/s"]
 
 
