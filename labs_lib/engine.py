@@ -93,7 +93,7 @@ def offline_llm(spec: ModelSpec, **kwargs: Any) -> Iterator[Any]:
     """A vLLM `LLM` for `spec`, shut down on exit. Keyword args go to `engine_kwargs`.
 
     One engine per process is the reliable pattern: sweeps over engine settings run each point
-    in its own process (see `run_in_subprocess`).
+    in its own process (see `labs_lib.experiments.run_isolated`).
     """
     kw = engine_kwargs(spec, **kwargs)
     os.environ.update(_engine_env(kw))

@@ -20,7 +20,7 @@ import platform
 import re
 import shutil
 import subprocess
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from . import params, timing
@@ -194,23 +194,6 @@ def gpu_total_memory() -> int | None:
     return torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available() else None
 
 
-def short_name(fp: dict[str, Any]) -> str:
-    """A folder-friendly name for the device: 'h100', 'a10g', 'cpu-xeon-8481c'...
-
-    >>> short_name({"gpu_name": "NVIDIA H100 80GB HBM3"})
-    'h100'
-    >>> short_name({"gpu_name": None, "cpu_model": "Intel(R) Xeon(R) Platinum 8481C CPU"})
-    'cpu-intel-xeon-platinum-8481c'
-    """
-    peak = published_peak(fp.get("gpu_name"))
-    if peak:
-        return peak.name.split()[0].lower()
-    if fp.get("gpu_name"):
-        return re.sub(r"[^a-z0-9]+", "-", fp["gpu_name"].lower().replace("nvidia", "")).strip("-")
-    cpu = re.sub(r"\((r|tm)\)|cpu|@.*", "", (fp.get("cpu_model") or "cpu").lower())
-    return "cpu-" + re.sub(r"[^a-z0-9]+", "-", cpu).strip("-")
-
-
 # --------------------------------------------------------------------------- microbenchmarks
 
 _DTYPES = ("fp32", "bf16", "fp16")
@@ -314,7 +297,3 @@ def _release(dev: str) -> None:
         import torch
 
         torch.cuda.empty_cache()
-
-
-def peak_dict(peak: Peak | None) -> dict[str, Any] | None:
-    return None if peak is None else asdict(peak)
