@@ -50,13 +50,14 @@ def vllm_batch(model: str, prompts: list[list[int]], out_lens: list[int],
                engine: dict[str, Any] | None = None, warmup: int = 8) -> dict[str, Any]:
     """Submit every request at once to an offline vLLM engine (continuous batching decides the
     order); per-request TTFT / TPOT / E2E from the engine's own timestamps."""
+    from .models import resolve
+
+    spec = resolve(model)  # a bad name fails here, before the seconds-long vLLM import
     from vllm import SamplingParams
 
     from .engine import offline_llm
-    from .models import resolve
     from .workload import warmup_prompts
 
-    spec = resolve(model)
     t_start = time.perf_counter()
     with offline_llm(spec, **(engine or {})) as llm:
         startup = time.perf_counter() - t_start
