@@ -86,6 +86,7 @@ class LoadResult:
     wall_s: float  # first send of a measured request to last completion
     warmup_n: int
     stopped_early: bool  # max_seconds cut the run short
+    metrics: Any = None  # prom.Snapshot: the server's /metrics delta over the measured phase
 
     @property
     def ok(self) -> list[RequestResult]:
@@ -164,31 +165,37 @@ def _run_sync(coro: Any) -> Any:
 def run_load(url: str, model: str, requests: Sequence[Request], load: Load, *,
              warmup: Sequence[Request] = (), max_seconds: float = 600.0, progress: bool = True,
              seed: int = 0, extra: dict[str, Any] | None = None,
-             on_measure_start: Callable[[], Any] | None = None) -> LoadResult:
+             scrape_metrics: bool = False) -> LoadResult:
     """Send `requests` with the arrival pattern `load`; warm-up first, excluded from results.
 
-    `on_measure_start()` is called between warm-up and the measured phase (e.g. to scrape the
-    server's /metrics so its counters cover exactly the measured requests). Works from a
-    notebook too (where an event loop is already running).
+    With `scrape_metrics`, the server's /metrics is read after warm-up and after the last
+    request, and `result.metrics` holds the difference: counters and histograms of exactly the
+    measured requests. Works from a notebook too (where an event loop is already running).
     """
+    from . import prom
+
     if not requests:
         raise ValueError("requests must not be empty")
     params.positive_float("max_seconds", max_seconds)
-    return _run_sync(_run(url, model, [(list(requests), load)], list(warmup), max_seconds,
-                          progress, seed, extra, on_measure_start))[0]
+    before: dict[str, Any] = {}
+    hook = (lambda: before.update(snap=prom.scrape(url))) if scrape_metrics else None
+    res = _run_sync(_run(url, model, [(list(requests), load)], list(warmup), max_seconds,
+                         progress, seed, extra, hook))[0]
+    if scrape_metrics:
+        res.metrics = prom.delta(before["snap"], prom.scrape(url))
+    return res
 
 
 def run_mixed(url: str, model: str, classes: Sequence[tuple[Sequence[Request], Load]], *,
               warmup: Sequence[Request] = (), max_seconds: float = 600.0, progress: bool = True,
-              seed: int = 0, on_measure_start: Callable[[], Any] | None = None
-              ) -> list[LoadResult]:
+              seed: int = 0) -> list[LoadResult]:
     """Several request classes at once, each with its own arrival pattern (e.g. long-running
     decode streams while long prompts arrive); one LoadResult per class, in order."""
     if not classes or any(not reqs for reqs, _ in classes):
         raise ValueError("classes must be a non-empty list of (non-empty requests, Load)")
     params.positive_float("max_seconds", max_seconds)
     return _run_sync(_run(url, model, [(list(r), ld) for r, ld in classes], list(warmup),
-                          max_seconds, progress, seed, None, on_measure_start))
+                          max_seconds, progress, seed, None, None))
 
 
 def client_ceiling(concurrencies: Sequence[int] = (1, 8, 32, 128), n_per_level: int = 200,

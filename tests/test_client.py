@@ -173,9 +173,10 @@ def test_workload_prompts_share_exactly_the_asked_prefix():
     ps = workload.token_prompts(10, 64, vocab_size=5000, shared_prefix_len=32)
     assert all(p[:32] == ps[0][:32] for p in ps)
     assert len({tuple(p[32:34]) for p in ps}) == 10  # private parts differ from their first token
-    warm = workload.warmup_prompts(10, 64, vocab_size=5000)
-    assert not {p[0] for p in warm} & {p[0] for p in workload.token_prompts(10, 64, vocab_size=5000)} \
-        or all(w[:2] != p[:2] for w in warm for p in ps)
+    # warm-up prompts share no leading tokens with measured ones: they cannot prime the cache
+    measured = workload.token_prompts(50, 64, vocab_size=5000, seed=3)
+    warm = workload.warmup_prompts(50, 64, vocab_size=5000)
+    assert all(w[:2] != p[:2] for w in warm for p in measured)
     assert all(16 <= t < 5000 for p in ps for t in p)
     lens = workload.output_lengths(2000, dist="exponential", mean=50, lo=1, hi=400, seed=1)
     assert 40 < np.mean(lens) < 60 and min(lens) >= 1 and max(lens) <= 400
@@ -192,3 +193,11 @@ def test_mixed_classes_run_concurrently_and_report_separately():
     assert all(r.n_out == 40 for r in t_long.results) and all(r.n_out == 2 for r in t_burst.results)
     # the bursts ran while the long streams were still going, not after them
     assert min(r.send_time for r in t_burst.results) < max(r.send_time + r.e2e for r in t_long.results)
+
+
+def test_scrape_metrics_covers_only_the_measured_phase():
+    with mock_server("0.005", "0.001") as url:
+        reqs = [Request([1, 2], 3)] * 7
+        res = run_load(url, "mock", reqs, Load("concurrency", concurrency=3),
+                       warmup=[Request([3], 2)] * 4, progress=False, scrape_metrics=True)
+    assert res.metrics.counter("mock:requests") == 7  # the 4 warm-up requests are excluded
