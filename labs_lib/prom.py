@@ -37,6 +37,13 @@ class Snapshot:
         """Sum of the samples named `name` whose labels include `labels` (0 if none)."""
         return float(sum(self._select(name, **labels).values()))
 
+    def info(self, name: str) -> dict[str, str] | None:
+        """The labels of an info-style gauge (e.g. 'vllm:cache_config_info'), or None."""
+        for (n, lab), _ in self.samples.items():
+            if n == name:
+                return dict(lab)
+        return None
+
     def counter(self, name: str, **labels: str) -> float:
         """A counter by its family name ('vllm:prefix_cache_hits'; '_total' is added)."""
         base = name.removesuffix("_total")

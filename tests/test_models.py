@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from labs_lib import kvcache, models, roofline
@@ -55,10 +57,137 @@ def test_unknown_model_lists_known_names():
         models.resolve("")
 
 
-def test_hub_id_without_network_names_offline_alternatives(monkeypatch):
-    monkeypatch.setattr(models, "hub_reachable", lambda timeout=3.0: False)
-    with pytest.raises(models.HubUnavailableError, match="Llama-3.1-8B.*SmolLM2-135M-Instruct"):
+def test_hub_id_offline_names_the_id_and_the_offline_options(monkeypatch, tmp_path):
+    """HF_HUB_OFFLINE with an empty hub cache: huggingface_hub itself says 'not cached'."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    import huggingface_hub.constants as c
+
+    monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(models.HubUnavailableError,
+                       match=r"'meta-llama/Llama-3.1-8B'.*Llama-3.1-8B.*SmolLM2-135M-Instruct.*local directory"):
         models.resolve("meta-llama/Llama-3.1-8B")
+
+
+def _fake_hub(monkeypatch, tmp_path, error=None):
+    import huggingface_hub
+
+    cfg = {**models.load_config("Qwen2.5-0.5B")}
+    calls = []
+
+    def download(repo_id, filename, **kw):
+        calls.append((repo_id, filename))
+        if error is not None:
+            raise error
+        p = tmp_path / repo_id.replace("/", "--") / filename
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(json.dumps(cfg))
+        return str(p)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    return calls
+
+
+def test_hub_id_resolves_through_huggingface_hub(monkeypatch, tmp_path):
+    calls = _fake_hub(monkeypatch, tmp_path)
+    spec = models.resolve("Qwen/Qwen2.5-0.5B-Instruct")
+    assert calls == [("Qwen/Qwen2.5-0.5B-Instruct", "config.json")]
+    assert spec.kind == "hub" and not spec.random_weights and spec.path == spec.source
+    assert spec.vocab_size == 151936 and spec.slug == "Qwen--Qwen2.5-0.5B-Instruct"
+
+
+def test_hub_id_that_does_not_exist_is_an_unknown_model(monkeypatch, tmp_path):
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    err = RepositoryNotFoundError.__new__(RepositoryNotFoundError)  # as raised on a 404
+    Exception.__init__(err, "404 Client Error: Repository Not Found")
+    _fake_hub(monkeypatch, tmp_path, err)
+    with pytest.raises(models.UnknownModelError, match="hub has no model 'nobody/nothing'"):
+        models.resolve("nobody/nothing")
+
+
+def _config_dir(tmp_path, name="mymodel", **files):
+    d = tmp_path / name
+    d.mkdir(parents=True)
+    (d / "config.json").write_text(json.dumps(models.TINY_CONFIG))
+    for fname, text in files.items():
+        (d / fname.replace("__", ".")).write_text(text)
+    return d
+
+
+def test_local_directory_with_config_only_is_a_shape_model(tmp_path, monkeypatch):
+    d = _config_dir(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    for name in ("./mymodel", str(d), "mymodel", d):  # relative, absolute, bare, PathLike
+        spec = models.resolve(name)
+        assert spec.kind == "local" and spec.random_weights and spec.has_tokenizer
+        assert spec.source == str(d) and spec.name == "mymodel"
+        assert "RANDOM weights" in spec.describe()
+    assert (models.Path(spec.path) / "tokenizer.json").exists()  # a padded tokenizer was made
+    assert models.resolve(spec.source).path == spec.path  # what workers get resolves the same
+
+
+def test_local_directory_with_weights_is_real(tmp_path):
+    d = _config_dir(tmp_path, model__safetensors="", tokenizer__json="{}")
+    spec = models.resolve(str(d))
+    assert spec.kind == "local" and not spec.random_weights and spec.load_format == "auto"
+    assert spec.path == str(d) and spec.has_tokenizer
+
+
+def test_path_to_a_config_json_is_a_shape_model(tmp_path):
+    d = _config_dir(tmp_path, "some dir/with spaces")
+    spec = models.resolve(str(d / "config.json"))
+    assert spec.random_weights and spec.vocab_size == 4096
+    assert " " not in spec.slug and "/" not in spec.slug
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda t: t / "missing", "does not exist"),
+    (lambda t: (t / "empty").mkdir() or t / "empty", "has no config.json"),
+    (lambda t: (t / "w.bin").write_text("x") and t / "w.bin", "not a config.json"),
+])
+def test_bad_local_paths_name_the_path(tmp_path, make, match):
+    path = make(tmp_path)
+    with pytest.raises((FileNotFoundError, ValueError), match=match):
+        models.resolve(str(path))
+
+
+def test_multimodal_config_reads_the_text_config(tmp_path):
+    text = {k: v for k, v in models.load_config("Llama-3.2-1B").items() if k != "architectures"}
+    d = tmp_path / "vlm"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({
+        "architectures": ["LlavaForConditionalGeneration"], "model_type": "llava",
+        "text_config": {**text, "max_position_embeddings": 8192, "vocab_size": 128257},
+        "vision_config": {"hidden_size": 1024}}))
+    spec = models.resolve(str(d))
+    assert spec.max_model_len == 8192 and spec.vocab_size == 128257
+    assert models.param_count(spec.config)["total"] > 1e9
+
+
+@pytest.mark.parametrize("name", ["Qwen/Qwen2.5-7B-Instruct", "../a b/c", "/x/y/", "a:b*c?",
+                                  "ünïcode/mödel", "x" * 300])
+def test_slugs_are_safe_file_names(name):
+    s = models.slug(name)
+    assert s and len(s) <= 110 and "/" not in s and ".." not in s.replace("...", "")
+    assert all(c.isalnum() or c in "._-" for c in s)
+
+
+def test_concurrent_resolution_is_safe(tmp_path, monkeypatch):
+    """Several processes resolving one model at once, with an empty cache: all succeed."""
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("LABS_CACHE", str(tmp_path / "cache"))
+    code = "from labs_lib import models; print(models.resolve('Llama-3.2-1B').path)"
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(6)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 6, [e[-500:] for _, e in outs]
+    assert len({o.strip() for o, _ in outs}) == 1
+    left = [p.name for p in (tmp_path / "cache" / "shapes").iterdir() if p.name.startswith(".")]
+    assert all(n.endswith(".lock") for n in left), left  # no temporary dir left behind
 
 
 def test_shape_spec_is_random_weights_and_says_so():
