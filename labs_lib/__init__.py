@@ -12,6 +12,8 @@ Modules, by role:
 - plots     one style; the roofline
 - checks    the laws a lab states, printed PASS/FAIL, recorded, asserted
 - runner    `python -m labs_lib.runner`: execute every notebook into runs/<timestamp>/
+- nbparams  a notebook's `parameters` cell read with `ast`; `-p name=value` checked and typed
+- contention  is the machine busy with other work? (records of such runs are flagged)
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ __version__ = "0.1.0"
 
 
 def setup(seed: int = 0) -> dict[str, str]:
-    """Seed every RNG, set the plot style and pandas display; return the run folder.
+    """Seed every RNG, set the plot style and pandas display; return the run folder. Warns
+    (stderr, shown in the notebook) when the machine is busy with other work.
 
     The tier is not decided here: each notebook decides it once from its `profile` parameter
     (`labs_lib.tiers.resolve`).
@@ -48,4 +51,7 @@ def setup(seed: int = 0) -> dict[str, str]:
     pd.set_option("display.max_columns", 30)
     pd.set_option("display.precision", 4)
     plots.style()
+    from . import contention
+
+    contention.warn_if_busy()  # printed in the notebook: timings taken now would be flagged
     return {"run_dir": str(records.run_dir())}

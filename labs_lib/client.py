@@ -12,6 +12,10 @@ chunk), and, given a tokenizer, the re-tokenized text. `audit()` says when they 
     async with StreamingClient(url, model) as c:
         r = await c.complete(prompt=[1, 2, 3], max_tokens=32)
     r.ttft, r.tpot, r.itl
+
+A failed request is returned with its `error`, except when the server behind the URL is a
+`labs_lib.procs.ManagedProcess` that has exited: then ServerExitedError says so, with the exit
+code and the server log's last lines, instead of a bare "Connection refused".
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from typing import Any
 
 import httpx
 
-from . import params
+from . import params, procs
 
 
 class SSEParser:
@@ -225,4 +229,6 @@ class StreamingClient:
         except (httpx.HTTPError, json.JSONDecodeError, TimeoutError) as e:
             r.e2e = time.perf_counter() - t0
             r.error = f"{type(e).__name__}: {e}"
+            if isinstance(e, httpx.TransportError):  # refused, reset: did our server die?
+                await procs.raise_if_exited_async(self.base_url)
         return r

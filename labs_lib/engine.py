@@ -134,10 +134,10 @@ def check_build(prof: Profile) -> None:
                 "own environment (`TIER=cpu make install`).")
 
 
-@contextlib.contextmanager
-def offline_llm(spec: ModelSpec, prof: Profile, **kwargs: Any) -> Iterator[Any]:
-    """A vLLM `LLM` for `spec` on the profile's tier, shut down on exit. Keyword args go to
-    `engine_kwargs`.
+def start_llm(spec: ModelSpec, prof: Profile, **kwargs: Any) -> Any:
+    """Start a vLLM `LLM` for `spec` on the profile's tier and return it; stop it with
+    `shutdown(llm)`. Keyword args go to `engine_kwargs`. Prefer `offline_llm` (a `with` block)
+    inside one cell; this handle is for an engine that several notebook cells share.
 
     One engine per process is the reliable pattern: sweeps over engine settings run each point
     in its own process (see `labs_lib.experiments.run_isolated`).
@@ -153,10 +153,17 @@ def offline_llm(spec: ModelSpec, prof: Profile, **kwargs: Any) -> Iterator[Any]:
     t0 = time.perf_counter()
     llm = LLM(**kw)
     print(f"vLLM engine ready in {time.perf_counter() - t0:.1f} s", flush=True)
+    return llm
+
+
+@contextlib.contextmanager
+def offline_llm(spec: ModelSpec, prof: Profile, **kwargs: Any) -> Iterator[Any]:
+    """`start_llm` as a `with` block: the engine is shut down on exit, errors included."""
+    llm = start_llm(spec, prof, **kwargs)
     try:
         yield llm
     finally:
-        _shutdown(llm)
+        shutdown(llm)
         del llm
         gc.collect()
 
@@ -170,7 +177,8 @@ def _engine_env(kw: dict[str, Any], prof: Profile) -> dict[str, str]:
     return env
 
 
-def _shutdown(llm: Any) -> None:
+def shutdown(llm: Any) -> None:
+    """Shut down an engine from `start_llm` (its worker processes and memory)."""
     engine = getattr(llm, "llm_engine", None)
     core = getattr(engine, "engine_core", None)
     for obj in (core, engine):
@@ -194,6 +202,10 @@ class Server:
     @property
     def log_path(self) -> Path:
         return self.process.log_path
+
+    def stop(self) -> None:
+        """Stop the server and everything it started (idempotent)."""
+        self.process.stop()
 
 
 def server_command(spec: ModelSpec, prof: Profile, port: int, **kwargs: Any) -> list[str]:
@@ -226,13 +238,23 @@ def server_command(spec: ModelSpec, prof: Profile, port: int, **kwargs: Any) -> 
 
 
 @contextlib.contextmanager
-def vllm_server(spec: ModelSpec, prof: Profile, *, startup_timeout: float = 900.0,
-                port: int | None = None, extra_args: Sequence[str] = (),
-                **kwargs: Any) -> Iterator[Server]:
-    """Start vLLM's OpenAI-compatible server on a free 127.0.0.1 port; wait for /health.
+def vllm_server(spec: ModelSpec, prof: Profile, **kwargs: Any) -> Iterator[Server]:
+    """`start_server` as a `with` block: the server is stopped on exit, errors included."""
+    srv = start_server(spec, prof, **kwargs)
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+def start_server(spec: ModelSpec, prof: Profile, *, startup_timeout: float = 900.0,
+                 port: int | None = None, extra_args: Sequence[str] = (),
+                 **kwargs: Any) -> Server:
+    """Start vLLM's OpenAI-compatible server on a free 127.0.0.1 port; wait for /health; return
+    a `Server` to `stop()`. Prefer `vllm_server` (a `with` block) inside one cell.
 
     The log goes to `<run_dir>/logs/`. A server that exits during start-up raises
-    ServerStartError with its log tail; the process group is always killed on exit.
+    ServerStartError with its log tail; its process group dies with its owner in any case.
     """
     import httpx
 
@@ -249,15 +271,17 @@ def vllm_server(spec: ModelSpec, prof: Profile, *, startup_timeout: float = 900.
     dtype = cmd[cmd.index("--dtype") + 1]
     print(f"vLLM server: {spec.describe()}; dtype {dtype}\n  log: {log}", flush=True)
     unset = ["VLLM_CPU_KVCACHE_SPACE"] if "kv_cache_memory_bytes" in kwargs else []
-    proc = ManagedProcess(cmd, name=f"vllm-{spec.slug}", env=env, unset=unset, log_path=log)
-    url = f"http://127.0.0.1:{port}"
+    url = f"http://127.0.0.1:{port}"  # given to the process: a dead server is named, not "refused"
+    proc = ManagedProcess(cmd, name=f"vllm-{spec.slug}", env=env, unset=unset, log_path=log,
+                          url=url)
     try:
         took = proc.wait_until(lambda: httpx.get(url + "/health", timeout=2).status_code == 200,
                                timeout=startup_timeout, what="serving /health")
-        print(f"vLLM server ready at {url} in {took:.1f} s", flush=True)
-        yield Server(url, spec.name, spec, proc, took)
-    finally:
+    except BaseException:
         proc.stop()
+        raise
+    print(f"vLLM server ready at {url} in {took:.1f} s", flush=True)
+    return Server(url, spec.name, spec, proc, took)
 
 
 def cache_info(engine: Any) -> dict[str, Any]:

@@ -9,6 +9,9 @@ starts after it). Warm-up requests run first and are excluded from the results; 
 
 `client_ceiling()` measures what the client itself can drive on this machine (against the mock),
 so a server benchmark can show that the client was not the bottleneck.
+
+If the server dies during a run (killed, out of memory), the run stops with
+`procs.ServerExitedError`: the server's exit code and its log's last lines.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from . import params
+from . import params, procs
 from .client import RequestResult, StreamingClient
 
 
@@ -178,12 +181,26 @@ def run_load(url: str, model: str, requests: Sequence[Request], load: Load, *,
         raise ValueError("requests must not be empty")
     params.positive_float("max_seconds", max_seconds)
     before: dict[str, Any] = {}
-    hook = (lambda: before.update(snap=prom.scrape(url))) if scrape_metrics else None
+    hook = (lambda: before.update(snap=_scrape(url))) if scrape_metrics else None
     res = _run_sync(_run(url, model, [(list(requests), load)], list(warmup), max_seconds,
                          progress, seed, extra, hook))[0]
     if scrape_metrics:
-        res.metrics = prom.delta(before["snap"], prom.scrape(url))
+        res.metrics = prom.delta(before["snap"], _scrape(url))
     return res
+
+
+def _scrape(url: str) -> Any:
+    """/metrics of `url`; a server that died says so (exit code, log) instead of a bare
+    connection error."""
+    import httpx
+
+    from . import prom
+
+    try:
+        return prom.scrape(url)
+    except httpx.TransportError:
+        procs.raise_if_exited(url)
+        raise
 
 
 def run_mixed(url: str, model: str, classes: Sequence[tuple[Sequence[Request], Load]], *,

@@ -160,8 +160,11 @@ def make_app(ttft: str, itl: str, *, seed: int = 0, split_events: bool = False,
 def mock_server(ttft: str = "0.05", itl: str = "0.01", *, seed: int = 0,
                 split_events: bool = False, tokens_per_chunk: int = 1) -> Iterator[str]:
     """Run the mock in its own process (so it never competes with the client's event loop);
-    yields its base URL. Bad distributions fail here, before anything starts."""
+    yields its base URL. Bad distributions fail here, before anything starts. Its log goes to
+    `<run folder>/logs/mockserver-PORT.log`, removed after a clean exit, kept after a failure."""
     import httpx
+
+    from .records import run_dir  # here, not at the top: the server process needs no pandas
 
     parse_dist(ttft), parse_dist(itl)
     params.positive_int("tokens_per_chunk", tokens_per_chunk)
@@ -171,10 +174,14 @@ def mock_server(ttft: str = "0.05", itl: str = "0.01", *, seed: int = 0,
     if split_events:
         cmd.append("--split-events")
     url = f"http://127.0.0.1:{port}"
-    with ManagedProcess(cmd, name="mockserver") as proc:
+    logs = run_dir() / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    with ManagedProcess(cmd, name="mockserver", url=url, grace=5,
+                        log_path=logs / f"mockserver-{port}.log") as proc:
         proc.wait_until(lambda: httpx.get(url + "/health", timeout=1).status_code == 200,
                         timeout=60, what="serving /health", interval=0.05)
         yield url
+    proc.log_path.unlink(missing_ok=True)  # reached only on a clean exit: a failure keeps it
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -10,7 +10,13 @@ This module is the one place that decides where a run's files go (`run_dir()`):
 under the repository. Records go to `<run_dir>/records.jsonl`, figures to `<run_dir>/figures/`.
 
 Appends are atomic: the file is rewritten to a temporary file and renamed over the old one,
-so a crash (or two kernels writing at once) never leaves a half-written line.
+so a crash (or two kernels writing at once) never leaves a half-written line. Files are created
+readable by everyone (0644 under the usual umask), like any other file the user writes.
+
+Reading never loses good records to a bad line: `load` skips lines that are truncated, not JSON
+or not an object, keeps every other record and warns once, naming the file and the line numbers.
+Records written while the machine is busy with other work carry `busy: true` and a
+`busy_reason` (see `labs_lib.contention`).
 
 >>> import tempfile, os
 >>> d = tempfile.mkdtemp()
@@ -22,11 +28,13 @@ so a crash (or two kernels writing at once) never leaves a half-written line.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import fcntl
 import json
 import math
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +44,60 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 RECORDS_FILE = "records.jsonl"
 
 
+class BadRecordsWarning(UserWarning):
+    """Some lines of a records file could not be read; the good records were kept."""
+
+
+class RecordsWriteError(OSError):
+    """A record or table could not be written (read-only folder, full disk); names the fix."""
+
+
+def _default_runs_root() -> Path:
+    """<repo>/runs in a checkout of this repository; ./runs where the package is installed
+    (never inside site-packages)."""
+    if (REPO_ROOT / "pyproject.toml").exists() and (REPO_ROOT / "notebooks").is_dir():
+        return REPO_ROOT / "runs"
+    return Path.cwd() / "runs"
+
+
 def run_dir() -> Path:
-    """Folder of the current run: $LABS_RUN_DIR, else <repo>/runs/interactive (created)."""
-    d = Path(os.environ.get("LABS_RUN_DIR") or REPO_ROOT / "runs" / "interactive")
-    d.mkdir(parents=True, exist_ok=True)
+    """Folder of the current run: $LABS_RUN_DIR, else runs/interactive (created) under the
+    checkout, or under the current directory when the package is installed from a wheel."""
+    d = Path(os.environ.get("LABS_RUN_DIR") or _default_runs_root() / "interactive")
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise _write_error(d, e) from None
     return d
+
+
+def _write_error(path: Path, e: OSError) -> RecordsWriteError:
+    """One clear line: which path, why, and what to do."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        fix = "free some disk space or point LABS_RUN_DIR (runner: --out) at another disk"
+    else:
+        fix = "make the folder writable or point LABS_RUN_DIR (runner: --out) elsewhere"
+    return RecordsWriteError(e.errno, f"cannot write {path}: {e.strerror or e}; {fix}")
+
+
+def _umask() -> int:
+    """This process's umask, read without changing it where Linux allows."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def _publish(tmp: str | Path, path: Path) -> None:
+    """Give a mkstemp file (mode 0600) the mode a plain open() would, then rename it."""
+    os.chmod(tmp, 0o666 & ~_umask())
+    os.replace(tmp, path)
 
 
 def figures_dir() -> Path:
@@ -81,21 +138,32 @@ def append(record: dict[str, Any], path: str | os.PathLike | None = None) -> Pat
     rec = {"time_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), **record}
     line = json.dumps(_jsonable(rec), sort_keys=False) + "\n"
     path = Path(path) if path is not None else records_path()
+    try:
+        _append_line(path, line.encode())
+    except RecordsWriteError:
+        raise
+    except OSError as e:
+        raise _write_error(path, e) from None
+    return path
+
+
+def _append_line(path: Path, line: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_suffix(path.suffix + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # two writers never lose each other's lines
         old = path.read_bytes() if path.exists() else b""
+        if old and not old.endswith(b"\n"):  # a truncated last line must not swallow this one
+            old += b"\n"
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".records-")
         try:
             with os.fdopen(fd, "wb") as f:
-                f.write(old + line.encode())
+                f.write(old + line)
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(tmp, path)
+            _publish(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-    return path
 
 
 class Recorder:
@@ -122,13 +190,14 @@ class Recorder:
     def write(self, name: str, value: Any, unit: str, **extra: Any) -> dict[str, Any]:
         """One measured value with its unit; `extra` holds the point's own coordinates."""
         rec = {"lab": self.lab, "name": name, "value": value, "unit": unit, **extra,
-               "params": self.params, "fingerprint": self.fingerprint}
+               "params": self.params, "fingerprint": self.fingerprint, **_busy_flag()}
         append(rec, self.path)
         return rec
 
     def headline(self, text: str) -> None:
         """The one-line result the runner's summary table shows for this lab."""
-        append({"lab": self.lab, "name": "headline", "value": text, "unit": "text"}, self.path)
+        append({"lab": self.lab, "name": "headline", "value": text, "unit": "text",
+                **_busy_flag()}, self.path)
 
     def frame(self) -> pd.DataFrame:
         df = load(self.path)
@@ -139,19 +208,77 @@ def save_table(df: pd.DataFrame, name: str) -> Path:
     """Write a per-item table (e.g. one row per request) as `<run_dir>/tables/<name>.csv`,
     atomically. Records hold summaries; tables hold the raw samples behind them."""
     d = run_dir() / "tables"
-    d.mkdir(parents=True, exist_ok=True)
     path = d / f"{name}.csv"
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".table-")
-    os.close(fd)
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    tmp = None
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=d, prefix=".table-")
+        os.close(fd)
+        df.to_csv(tmp, index=False)
+        _publish(tmp, path)
+    except OSError as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise _write_error(path, e) from None
     return path
 
 
+def _busy_flag() -> dict[str, Any]:
+    """{'busy': bool[, 'busy_reason': str]} from a cached contention check; {} if it fails."""
+    try:
+        from . import contention
+
+        state = contention.cached()
+    except Exception:  # a measurement is never lost to the contention check
+        return {}
+    return {"busy": True, "busy_reason": state.reason()} if state.busy else {"busy": False}
+
+
+_WARNED: set[tuple[str, tuple[int, ...]]] = set()
+
+
+def read_lines(path: str | os.PathLike) -> tuple[list[dict[str, Any]], list[int]]:
+    """(the records of a JSON-lines file, the 1-based numbers of lines that are not records).
+
+    >>> import tempfile, os
+    >>> p = os.path.join(tempfile.mkdtemp(), "r.jsonl")
+    >>> _ = open(p, "w").write('{"lab": "a", "name": "x"}\\n{"lab": "a", "na\\n[1]\\n\\n{"lab": "b", "name": "y"}\\n')
+    >>> rows, bad = read_lines(p)
+    >>> [r["name"] for r in rows], bad
+    (['x', 'y'], [2, 3])
+    """
+    rows: list[dict[str, Any]] = []
+    bad: list[int] = []
+    with open(path, "rb") as f:
+        for i, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            try:
+                rec = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                rec = None
+            if isinstance(rec, dict):
+                rows.append(rec)
+            else:
+                bad.append(i)
+    return rows, bad
+
+
 def load(path: str | os.PathLike | None = None) -> pd.DataFrame:
-    """All records of a file as a flat DataFrame (nested keys become 'params.x' columns)."""
+    """All records of a file as a flat DataFrame (nested keys become 'params.x' columns).
+
+    Lines that are not records (cut short by a crash or a full disk, edited by hand) are
+    skipped with one BadRecordsWarning naming the file and the lines; every good record is kept.
+    """
     path = Path(path) if path is not None else records_path()
     if not path.exists():
         return pd.DataFrame()
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return pd.json_normalize(rows)
+    rows, bad = read_lines(path)
+    if bad and (str(path), tuple(bad)) not in _WARNED:
+        _WARNED.add((str(path), tuple(bad)))
+        shown = ", ".join(map(str, bad[:10])) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
+        warnings.warn(f"{path}: skipped {len(bad)} line{'s' if len(bad) > 1 else ''} that "
+                      f"{'are' if len(bad) > 1 else 'is'} not a JSON record (line "
+                      f"{shown}: cut short or edited?); kept the other {len(rows)} records. "
+                      "Fix or delete those lines to silence this.", BadRecordsWarning, stacklevel=2)
+    return pd.json_normalize(rows) if rows else pd.DataFrame()

@@ -11,6 +11,7 @@ import time
 import pytest
 
 from labs_lib import engine, models, procs
+from labs_lib.tiers import CPU
 
 
 def _gone(pid: int, timeout: float = 20.0) -> bool:
@@ -90,7 +91,7 @@ def test_server_with_bad_model_fails_clearly_and_leaves_nothing(tmp_path):
     spec = models.ModelSpec("bad-model", "shape", str(bad), {}, random_weights=True,
                             has_tokenizer=False)
     with pytest.raises(procs.ServerStartError, match="exited with code") as err:
-        with engine.vllm_server(spec, startup_timeout=300):
+        with engine.vllm_server(spec, CPU, startup_timeout=300):
             pass
     assert "Log " in str(err.value)
     left = subprocess.run(["pgrep", "-f", str(bad)], capture_output=True, text=True).stdout.split()
@@ -101,16 +102,19 @@ def test_server_with_bad_model_fails_clearly_and_leaves_nothing(tmp_path):
 def test_offline_engine_generates_and_reports_metrics():
     from vllm import SamplingParams
 
-    with engine.offline_llm(models.resolve("tiny-llama"), max_model_len=256) as llm:
+    with engine.offline_llm(models.resolve("tiny-llama"), CPU, max_model_len=256) as llm:
         out = llm.generate(["def f(x):"], SamplingParams(max_tokens=5, ignore_eos=True))
         names = {m.name for m in llm.get_metrics()}
+        info = engine.cache_info(llm)
     assert len(out[0].outputs[0].token_ids) == 5
+    # the CPU backend's block is 128 tokens; the default KV space here is VLLM_CPU_KVCACHE_SPACE
+    assert info["block_size"] == 128 and info["kv_tokens"] == 128 * info["num_blocks"] > 0
     assert {"vllm:prefix_cache_queries", "vllm:time_to_first_token_seconds"} <= names
 
 
 def test_engine_kwargs_reject_bad_values_before_starting_anything():
     spec = models.resolve("Llama-3.1-8B")
     with pytest.raises(ValueError, match="gpu_memory_utilization"):
-        engine.engine_kwargs(spec, gpu_memory_utilization=1.5)
+        engine.engine_kwargs(spec, CPU, gpu_memory_utilization=1.5)
     with pytest.raises(ValueError, match=r"max_model_len must be an int in \[16, 131072\]"):
-        engine.engine_kwargs(spec, max_model_len=10**7)
+        engine.engine_kwargs(spec, CPU, max_model_len=10**7)

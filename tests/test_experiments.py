@@ -1,6 +1,7 @@
 import pytest
 
 from labs_lib import experiments
+from labs_lib.tiers import CPU
 
 
 def test_unknown_experiment_is_rejected_before_starting_anything():
@@ -10,4 +11,5 @@ def test_unknown_experiment_is_rejected_before_starting_anything():
 
 def test_worker_failure_reports_exit_code_and_log_tail():
     with pytest.raises(RuntimeError, match=r"(?s)vllm_batch failed \(exit 1\).*unknown model 'no-such-model'"):
-        experiments.run_isolated("vllm_batch", model="no-such-model", prompts=[[1, 2]], out_lens=[2])
+        experiments.run_isolated("vllm_batch", model="no-such-model", profile=CPU.to_dict(),
+                                prompts=[[1, 2]], out_lens=[2])

@@ -62,3 +62,89 @@ def test_recorder_headline_and_frame(tmp_path):
 
 def test_load_missing_file_is_empty(tmp_path):
     assert records.load(tmp_path / "none.jsonl").empty
+
+
+# -- bad lines, file modes, unwritable folders (issue 9)
+
+GOOD = '{"lab": "01", "name": "a", "value": 1, "unit": "s"}'
+
+
+def test_load_skips_truncated_and_non_json_lines_keeps_good_ones_and_names_them(tmp_path):
+    p = tmp_path / "records.jsonl"
+    p.write_text("\n".join([GOOD, '{"lab": "01", "name": "b", "val', "not json at all", "[1, 2]",
+                            "null", "", GOOD.replace('"a"', '"c"'), '{"lab": "01", "na']))
+    with pytest.warns(records.BadRecordsWarning) as warned:
+        df = records.load(p)
+    assert df["name"].tolist() == ["a", "c"]
+    (w,) = warned
+    msg = str(w.message)
+    assert str(p) in msg and "line 2, 3, 4, 5, 8" in msg and "kept the other 2 records" in msg
+
+
+def test_load_warns_once_per_file_and_bad_lines(tmp_path):
+    import warnings
+
+    p = tmp_path / "records.jsonl"
+    p.write_text(GOOD + "\n{oops\n")
+    with pytest.warns(records.BadRecordsWarning):
+        records.load(p)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(records.load(p)) == 1  # same file, same lines: no second warning
+
+
+def test_load_of_only_bad_lines_is_empty_not_an_error(tmp_path):
+    p = tmp_path / "records.jsonl"
+    p.write_text("{trunc")
+    with pytest.warns(records.BadRecordsWarning):
+        assert records.load(p).empty
+
+
+def test_append_after_a_truncated_last_line_keeps_the_new_record(tmp_path):
+    p = tmp_path / "records.jsonl"
+    p.write_text(GOOD + "\n" + '{"lab": "01", "name": "cut sh')  # a crash mid-write, no newline
+    records.append({"lab": "01", "name": "next", "value": 2, "unit": "s"}, p)
+    with pytest.warns(records.BadRecordsWarning, match="line 2"):
+        assert records.load(p)["name"].tolist() == ["a", "next"]
+
+
+def test_records_and_tables_are_readable_by_others_under_the_umask(tmp_path, monkeypatch):
+    import os
+    import stat
+
+    import pandas as pd
+
+    monkeypatch.setenv("LABS_RUN_DIR", str(tmp_path / "run"))
+    old = os.umask(0o022)
+    try:
+        p = records.append({"lab": "01", "name": "a", "value": 1, "unit": "s"})
+        t = records.save_table(pd.DataFrame({"x": [1]}), "per_request")
+        os.umask(0o077)
+        q = records.append({"lab": "01", "name": "a", "value": 1, "unit": "s"}, tmp_path / "q.jsonl")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(p.stat().st_mode) == 0o644
+    assert stat.S_IMODE(t.stat().st_mode) == 0o644
+    assert stat.S_IMODE(q.stat().st_mode) == 0o600  # a stricter umask is respected
+
+
+def test_append_into_an_unwritable_place_names_the_path_and_the_fix(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    target = blocker / "sub" / "records.jsonl"
+    with pytest.raises(records.RecordsWriteError) as err:
+        records.append({"lab": "01", "name": "a", "value": 1, "unit": "s"}, target)
+    assert str(target) in str(err.value) and "LABS_RUN_DIR" in str(err.value)
+
+
+def test_recorder_marks_records_taken_on_a_busy_machine(tmp_path, monkeypatch):
+    from labs_lib import contention
+
+    rec = records.Recorder("01", path=tmp_path / "r.jsonl")
+    monkeypatch.setattr(contention, "cached", lambda: contention.State(True, ["load average 9.0 on 2 cores"]))
+    busy = rec.write("ttft_p50", 5.4, "s")
+    monkeypatch.setattr(contention, "cached", lambda: contention.State(False))
+    calm = rec.write("ttft_p50", 0.2, "s")
+    assert (busy["busy"], busy["busy_reason"]) == (True, "load average 9.0 on 2 cores")
+    assert calm["busy"] is False and "busy_reason" not in calm
+    assert rec.frame()["busy"].tolist() == [True, False]

