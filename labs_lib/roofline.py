@@ -53,3 +53,29 @@ def prefill(cfg: dict[str, Any], tokens: int, dtype: str = "bf16", kv_dtype: str
     nbytes = weights + kv
     return {"flops": flops, "bytes": nbytes, "weight_bytes": weights, "kv_bytes": kv,
             "intensity": flops / nbytes}
+
+
+def prompt_for_prefill_time(cfg: dict[str, Any], seconds: float, flops_per_s: float, *,
+                            lo: int = 16, hi: int = 1 << 20) -> int:
+    """The prompt length whose prefill takes about `seconds` at `flops_per_s` (attention
+    included), clamped to [lo, hi]: how long a "long prompt" must be for this model to stall a
+    GPU for that long. Small models need far longer prompts than large ones.
+
+    >>> from labs_lib.models import load_config
+    >>> prompt_for_prefill_time(load_config("Llama-3.1-8B"), 0.1, 500e12)  # 16 GFLOP per token
+    2970
+    >>> prompt_for_prefill_time(load_config("Qwen2.5-0.5B"), 0.1, 500e12)  # 1 GFLOP per token
+    24493
+    """
+    params.positive_float("seconds", seconds)
+    params.positive_float("flops_per_s", flops_per_s)
+    lo_n, hi_n = params.positive_int("lo", lo), params.positive_int("hi", hi)
+    if prefill(cfg, hi_n)["flops"] / flops_per_s <= seconds:
+        return hi_n
+    while hi_n - lo_n > 1:  # prefill time grows monotonically with the prompt
+        mid = (lo_n + hi_n) // 2
+        if prefill(cfg, mid)["flops"] / flops_per_s < seconds:
+            lo_n = mid
+        else:
+            hi_n = mid
+    return hi_n
