@@ -158,15 +158,6 @@ def fingerprint() -> dict[str, Any]:
     return fp
 
 
-def gpu_total_memory() -> int | None:
-    """Total memory of GPU 0 in bytes (what vLLM's gpu_memory_utilization multiplies), or None."""
-    try:
-        import torch
-    except ImportError:
-        return None
-    return torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available() else None
-
-
 # --------------------------------------------------------------------------- microbenchmarks
 
 _DTYPES = ("fp32", "bf16", "fp16")

@@ -159,8 +159,8 @@ def load_config(name: str) -> dict[str, Any]:
 
 
 def _looks_like_path(name: str) -> bool:
-    return name.startswith(("/", "./", "../", "~")) or name in (".", "..") or os.sep in name and (
-        Path(name).expanduser().exists())
+    """Written as a path (even one that does not exist: then the error says so)."""
+    return name.startswith(("/", "./", "../", "~")) or name in (".", "..")
 
 
 def resolve(name: str | os.PathLike) -> ModelSpec:
