@@ -231,7 +231,7 @@ def per_query_ndcg(ranked_ids: Any, relevant: Sequence[Any], k: int) -> np.ndarr
 def ndcg_at_k(ranked_ids: Any, relevant: Sequence[Any], k: int) -> float:
     """Mean nDCG@k over queries (binary relevance; see `per_query_ndcg`).
 
-    >>> ndcg_at_k([[1, 2], [2, 1]], [1, 1], k=2).round(4)
-    np.float64(0.8155)
+    >>> round(ndcg_at_k([[1, 2], [2, 1]], [1, 1], k=2), 4)
+    0.8155
     """
     return float(per_query_ndcg(ranked_ids, relevant, k).mean())
