@@ -18,7 +18,14 @@ Modules, by role:
 
 from __future__ import annotations
 
+import logging
 import random
+
+# torchao (installed for lab 07) is imported by transformers whenever it is present and logs a
+# warning per prebuilt CUDA extension it cannot load on this machine, plus torch's deprecation
+# notes for its enums: noise in every notebook that imports transformers. Errors still show.
+for _name in ("torchao", "torch.utils._pytree"):
+    logging.getLogger(_name).setLevel(logging.ERROR)
 
 __version__ = "0.1.0"
 

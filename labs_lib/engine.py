@@ -321,3 +321,26 @@ def cache_info_from_labels(labels: dict[str, str]) -> dict[str, Any]:
             "cache_dtype": labels.get("cache_dtype"),
             "gpu_memory_utilization": num("gpu_memory_utilization", float),
             "kv_cache_memory_bytes": num("kv_cache_memory_bytes", int)}
+
+
+def request_times(output: Any) -> dict[str, float]:
+    """One finished request's phases from the engine's own timestamps (offline `LLM` outputs):
+
+    - ttft: arrival -> first token (queue + prefill): `metrics.first_token_latency`, or, on
+      versions without it, engine-queued -> first token (the same minus the frontend hop);
+    - prefill: scheduled -> first token (lab 02's prefill time: no queueing in it);
+    - decode: first -> last token; queue: queued -> scheduled.
+
+    >>> from types import SimpleNamespace as NS
+    >>> m = NS(queued_ts=10.0, scheduled_ts=10.5, first_token_ts=11.0, last_token_ts=13.0)
+    >>> request_times(NS(metrics=m))
+    {'ttft': 1.0, 'prefill': 0.5, 'decode': 2.0, 'queue': 0.5}
+    """
+    m = output.metrics
+    if m is None:
+        raise RuntimeError("the output carries no metrics: start the engine with stats on "
+                           "(engine.start_llm does: disable_log_stats=False)")
+    ttft = getattr(m, "first_token_latency", 0.0) or (m.first_token_ts - m.queued_ts)
+    return {"ttft": float(ttft), "prefill": float(m.first_token_ts - m.scheduled_ts),
+            "decode": float(m.last_token_ts - m.first_token_ts),
+            "queue": float(m.scheduled_ts - m.queued_ts)}

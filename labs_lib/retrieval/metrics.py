@@ -53,7 +53,7 @@ def true_distances(xq: np.ndarray, xb: np.ndarray, ids: np.ndarray, *,
     params.choice("metric", metric, ["l2", "ip"])
     ids = _as_2d_ids("ids", ids)
     xq = np.asarray(xq, dtype=np.float64)
-    xb = np.asarray(xb, dtype=np.float64)
+    xb = np.asarray(xb)  # gathered rows are converted below: never copy all of a large base
     if xq.ndim != 2 or xb.ndim != 2 or xq.shape[1] != xb.shape[1]:
         raise ValueError(f"xq and xb must be 2-D with the same dimension, got {xq.shape} and {xb.shape}")
     if ids.shape[0] != xq.shape[0]:
@@ -61,7 +61,7 @@ def true_distances(xq: np.ndarray, xb: np.ndarray, ids: np.ndarray, *,
     if ids.size and ids.max() >= xb.shape[0]:
         raise ValueError(f"ids contains {ids.max()}, but xb has only {xb.shape[0]} vectors")
     valid = ids >= 0
-    vecs = xb[np.where(valid, ids, 0)]  # nq x k x d
+    vecs = xb[np.where(valid, ids, 0)].astype(np.float64)  # nq x k x d
     if metric == "l2":
         d = ((vecs - xq[:, None, :]) ** 2).sum(-1)
     else:
@@ -235,3 +235,14 @@ def ndcg_at_k(ranked_ids: Any, relevant: Sequence[Any], k: int) -> float:
     0.8155
     """
     return float(per_query_ndcg(ranked_ids, relevant, k).mean())
+
+
+def hit_rate_at_k(ranked_ids: Any, relevant: Sequence[Any], k: int) -> float:
+    """The share of queries with at least one relevant id in the top k: for RAG, the share of
+    questions whose answer reaches the prompt when k chunks are retrieved ("recall@k" of a
+    question-answer set, as opposed to `recall_at_k` against exact nearest neighbours).
+
+    >>> hit_rate_at_k([[4, 2, 7], [1, 0, 0], [9, 8, 3]], [2, {5}, [3]], k=2)
+    0.3333333333333333
+    """
+    return float((per_query_mrr(ranked_ids, relevant, k) > 0).mean())
