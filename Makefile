@@ -41,7 +41,7 @@ test-wheel: $(STAMP)  ## build the wheel, install it into a clean venv, resolve 
 # Offline install on a host without network: wheels for its Python and platform -> wheelhouse/.
 # PYVER: target Python (default: the one running); the GPU extra is several GB (CUDA torch).
 PLATFORM ?= manylinux_2_28_x86_64
-EXTRAS   ?= gpu,models,smollm2,notebooks,dev
+EXTRAS   ?= gpu,models,quant,smollm2,notebooks,dev
 wheelhouse:  ## make wheelhouse PYVER=3.12 PLATFORM=manylinux_2_28_x86_64 [EXTRAS=...]
 	$(PYTHON) tools/wheelhouse.py --out wheelhouse --platform $(PLATFORM) --extras "$(EXTRAS)" \
 	  $(if $(PYVER),--python-version $(PYVER))

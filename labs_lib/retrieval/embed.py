@@ -84,14 +84,34 @@ def _precision(model: Any, dtype: str) -> Iterator[None]:
         yield
 
 
+def _half_copy(model: Any, dtype: str) -> Any:
+    """A copy of `model` with fp16/bf16 weights (made once, kept on the model): on a GPU a half
+    model is faster than fp32 weights under autocast, which re-casts every weight every call."""
+    import copy
+
+    import torch
+
+    cache = model.__dict__.setdefault("_labs_half", {})
+    if dtype not in cache:
+        cache[dtype] = copy.deepcopy(model).to(torch.float16 if dtype == "fp16" else torch.bfloat16)
+    return cache[dtype]
+
+
 def encode(model: Any, texts: Sequence[str], *, batch_size: int = 64, dtype: str = "fp32") -> np.ndarray:
-    """Unit-length float32 embeddings (n x d) of `texts`."""
+    """Unit-length float32 embeddings (n x d) of `texts`.
+
+    fp16/bf16: on a GPU, a half-precision copy of the model; on the CPU, autocast (matmuls in
+    bf16, the rest in fp32), which measured faster there than a bf16 copy.
+    """
     import torch
 
     params.positive_int("batch_size", batch_size)
-    with torch.inference_mode(), _precision(model, dtype):
-        x = model.encode(list(texts), batch_size=batch_size, convert_to_numpy=True,
-                         normalize_embeddings=True, show_progress_bar=False)
+    params.choice("dtype", dtype, DTYPES)
+    on_gpu = str(model.device).startswith("cuda")
+    m = _half_copy(model, dtype) if on_gpu and dtype != "fp32" else model
+    with torch.inference_mode(), _precision(m, "fp32" if m is not model else dtype):
+        x = m.encode(list(texts), batch_size=batch_size, convert_to_numpy=True,
+                     normalize_embeddings=True, show_progress_bar=False)
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
