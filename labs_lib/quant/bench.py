@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import kvcache, models, roofline, workload
+from ..engine import request_times
 from . import formats, quality, rtn
 
 _IDS = itertools.count()
@@ -109,9 +110,8 @@ def closed_loop(llm: Any, prompts: list[list[int]], max_tokens: int, concurrency
                 inflight -= 1
                 k = len(o.outputs[0].token_ids)
                 out_tokens += k
-                m = o.metrics
-                if m is not None and k > 1:
-                    tpots.append((m.last_token_ts - m.first_token_ts) / (k - 1))
+                if o.metrics is not None and k > 1:
+                    tpots.append(request_times(o)["decode"] / (k - 1))
     wall = time.perf_counter() - t0
     import numpy as np
 
@@ -147,8 +147,8 @@ def decode_intervals(llm: Any, prompt: list[int], n_tokens: int) -> dict[str, An
             if o.finished:
                 final = o
     gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
-    m = final.metrics if final is not None else None
-    engine_tpot = (m.last_token_ts - m.first_token_ts) / (seen - 1) if m is not None and seen > 1 else None
+    ok = final is not None and final.metrics is not None and seen > 1
+    engine_tpot = request_times(final)["decode"] / (seen - 1) if ok else None
     return {"intervals": gaps, "engine_tpot": engine_tpot}
 
 
@@ -172,7 +172,7 @@ def measure_speed(llm: Any, spec: models.ModelSpec, *, decode_tokens: int, prefi
         engine_tpots.append(d["engine_tpot"])
         o = _generate(llm, workload.token_prompts(1, prefill_tokens, vocab_size=vocab,
                                                   seed=seed + 100 + r), max_tokens=1)[0]
-        prefill.append(o.metrics.first_token_ts - o.metrics.scheduled_ts)
+        prefill.append(request_times(o)["prefill"])
     prompts = workload.token_prompts(workload_requests, prompt_len, vocab_size=vocab, seed=seed + 999)
     loops = [closed_loop(llm, prompts, output_len, c) for c in concurrencies]
     pf = roofline.prefill(spec.config, prefill_tokens)
