@@ -46,6 +46,8 @@ CPU_ENV = {
     "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(os.cpu_count() or 1)),
 }
 GPU_ENV = {"VLLM_USE_FLASHINFER_SAMPLER": os.environ.get("VLLM_USE_FLASHINFER_SAMPLER", "0")}
+# a lab's engine reports nothing home: labs run offline (CI, the GPU host) and measure startup
+COMMON_ENV = {"VLLM_NO_USAGE_STATS": "1"}
 
 
 def engine_kwargs(
@@ -171,7 +173,7 @@ def offline_llm(spec: ModelSpec, prof: Profile, **kwargs: Any) -> Iterator[Any]:
 def _engine_env(kw: dict[str, Any], prof: Profile) -> dict[str, str]:
     """Environment for an engine. An explicit `kv_cache_memory_bytes` wins over the CPU
     backend's legacy VLLM_CPU_KVCACHE_SPACE, which would otherwise override it."""
-    env = dict(GPU_ENV if prof.gpu else CPU_ENV)
+    env = {**COMMON_ENV, **(GPU_ENV if prof.gpu else CPU_ENV)}
     if "kv_cache_memory_bytes" in kw:
         env.pop("VLLM_CPU_KVCACHE_SPACE", None)
     return env

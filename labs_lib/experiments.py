@@ -17,6 +17,7 @@ the notebook's profile as a dict: the tier is the notebook's decision, not the w
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,10 +29,32 @@ from .records import run_dir
 WORKERS = ("vllm_batch", "hf_static_batches", "quant_setting", "quant_hf")
 
 
-def run_isolated(name: str, *, timeout: float = 1800.0, **kwargs: Any) -> dict[str, Any]:
-    """Run worker `name` with `kwargs` in a fresh process; return its JSON result."""
+class WorkerTimeout(ServerStartError):
+    """A worker ran past its `timeout` (and was stopped): e.g. an engine that hangs while starting."""
+
+
+def run_isolated(name: str, *, timeout: float = 1800.0, retries: int = 0, **kwargs: Any) -> dict[str, Any]:
+    """Run worker `name` with `kwargs` in a fresh process; return its JSON result.
+
+    A worker that runs past `timeout` seconds is stopped (with everything it started) and, up to
+    `retries` times, started again: an engine that hangs while it starts is rare but real (seen
+    once in vLLM 0.26, after a previous engine had exited cleanly), and one hang should cost one
+    timeout, not a lab. Then `WorkerTimeout`. A worker that fails raises RuntimeError with its log
+    tail, without a retry: a failure repeats.
+    """
     if name not in WORKERS:
         raise ValueError(f"unknown experiment {name!r}; known: {list(WORKERS)}")
+    for attempt in range(retries + 1):
+        try:
+            return _run_once(name, timeout, kwargs)
+        except WorkerTimeout as e:
+            if attempt == retries:
+                raise
+            print(f"{e}; starting it again (retry {attempt + 1} of {retries})", flush=True)
+    raise AssertionError("unreachable")
+
+
+def _run_once(name: str, timeout: float, kwargs: dict[str, Any]) -> dict[str, Any]:
     logs = run_dir() / "logs"
     logs.mkdir(exist_ok=True)
     stem = f"{name}-{time.strftime('%H%M%S')}-{abs(hash(json.dumps(kwargs, sort_keys=True))) % 10**6}"
@@ -41,8 +64,8 @@ def run_isolated(name: str, *, timeout: float = 1800.0, **kwargs: Any) -> dict[s
     with ManagedProcess(cmd, name=name, log_path=logs / f"{stem}.log") as p:
         try:
             code = p.wait(timeout=timeout)
-        except Exception as e:
-            raise ServerStartError(f"{name} did not finish in {timeout:.0f} s; log {p.log_path}") from e
+        except subprocess.TimeoutExpired as e:
+            raise WorkerTimeout(f"{name} did not finish in {timeout:g} s; log {p.log_path}") from e
         if code != 0 or not result.exists():
             raise RuntimeError(f"{name} failed (exit {code}); log {p.log_path}, last lines:\n"
                                f"{p.log_text(3000)}")

@@ -13,3 +13,11 @@ def test_worker_failure_reports_exit_code_and_log_tail():
     with pytest.raises(RuntimeError, match=r"(?s)vllm_batch failed \(exit 1\).*unknown model 'no-such-model'"):
         experiments.run_isolated("vllm_batch", model="no-such-model", profile=CPU.to_dict(),
                                 prompts=[[1, 2]], out_lens=[2])
+
+
+def test_a_worker_past_its_timeout_is_stopped_and_retried(capsys):
+    # 50 ms is far less than a Python start: every attempt times out
+    with pytest.raises(experiments.WorkerTimeout, match=r"vllm_batch did not finish in 0.05 s; log .*vllm_batch-"):
+        experiments.run_isolated("vllm_batch", timeout=0.05, retries=1, model="tiny-llama", profile=CPU.to_dict(),
+                                 prompts=[[1, 2]], out_lens=[2])
+    assert capsys.readouterr().out.count("starting it again (retry 1 of 1)") == 1
