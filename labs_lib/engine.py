@@ -146,16 +146,54 @@ def start_llm(spec: ModelSpec, prof: Profile, **kwargs: Any) -> Any:
     """
     kw = engine_kwargs(spec, prof, **kwargs)
     check_build(prof)
-    os.environ.update(_engine_env(kw, prof))
+    env: dict[str, str | None] = {**_engine_env(kw, prof)}
     if "kv_cache_memory_bytes" in kw:  # in-process: the engine reads this very environment
-        os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
-    from vllm import LLM
+        env["VLLM_CPU_KVCACHE_SPACE"] = None
+    # Set for the engine's construction only. vLLM (0.32 read) takes every variable above while
+    # `LLM(...)` is built, never while generating: VLLM_ENABLE_V1_MULTIPROCESSING and
+    # VLLM_CPU_KVCACHE_SPACE for the engine config, VLLM_CPU_OMP_THREADS_BIND when worker
+    # processes start, OMP_NUM_THREADS when the worker loads the model (and by OpenMP if this
+    # import loads torch first), VLLM_USE_FLASHINFER_SAMPLER when the sampler is built,
+    # VLLM_NO_USAGE_STATS once (then cached) when the worker starts; and EngineCore freezes
+    # `vllm.envs` at the end of its construction. On the GPU tier the engine runs in a child
+    # process that copied the environment when it started. Restoring afterwards changes nothing
+    # the engine sees, and the notebook's environment is its own again.
+    with _scoped_env(env):
+        from vllm import LLM
 
-    print(f"vLLM engine: {spec.describe()}; dtype {kw['dtype']}", flush=True)
-    t0 = time.perf_counter()
-    llm = LLM(**kw)
+        print(f"vLLM engine: {spec.describe()}; dtype {kw['dtype']}", flush=True)
+        t0 = time.perf_counter()
+        llm = LLM(**kw)
     print(f"vLLM engine ready in {time.perf_counter() - t0:.1f} s", flush=True)
     return llm
+
+
+@contextlib.contextmanager
+def _scoped_env(env: dict[str, str | None]) -> Iterator[None]:
+    """Set (str) or unset (None) environment variables inside the block; every one gets its
+    previous value back (or is unset again) on exit, errors included.
+
+    >>> os.environ["LABS_X"] = "old"
+    >>> with _scoped_env({"LABS_X": "new", "LABS_Y": "1"}):
+    ...     os.environ["LABS_X"], os.environ["LABS_Y"]
+    ('new', '1')
+    >>> os.environ.pop("LABS_X"), "LABS_Y" in os.environ
+    ('old', False)
+    """
+    old = {k: os.environ.get(k) for k in env}
+    try:
+        for k, v in env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 @contextlib.contextmanager

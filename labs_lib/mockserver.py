@@ -11,6 +11,11 @@ from another. Uses:
 Distributions are strings: "0.05" (constant seconds), "exp:0.05" (exponential, mean),
 "lognormal:0.05:0.5" (median, sigma), "uniform:0.01:0.03".
 
+Each request draws its latencies from its own generator, seeded from the server's seed, the
+request (prompt or messages, and max_tokens) and how many identical requests came before it
+(`planned_latencies`): requests in flight together cannot change each other's draws, whatever
+order they arrive in, and a test can compute exactly what the mock slept for each request.
+
     with mock_server(ttft="0.05", itl="0.01") as url:
         ...  # an OpenAI-compatible endpoint at url
 
@@ -22,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import json
 import random
 import sys
@@ -65,6 +71,46 @@ def parse_dist(spec: str) -> Callable[[random.Random], float]:
     raise err
 
 
+def request_key(body: dict) -> str:
+    """What identifies a request to the mock: its prompt (or chat messages) and max_tokens.
+
+    >>> request_key({"prompt": [1, 2, 3], "max_tokens": 8, "stream": True})
+    '[[1,2,3],null,8]'
+    """
+    return json.dumps([body.get("prompt"), body.get("messages"), _max_tokens(body)],
+                      separators=(",", ":"), sort_keys=True)
+
+
+def _max_tokens(body: dict) -> int:
+    return int(body.get("max_tokens") or 16)
+
+
+def planned_latencies(ttft: str, itl: str, body: dict, *, seed: int = 0,
+                      repeat: int = 0) -> tuple[float, list[float]]:
+    """(TTFT, the max_tokens - 1 gaps between tokens) in seconds that a mock started with
+    `ttft`, `itl` and `seed` sleeps for the request `body`, the `repeat`-th (0-based) time it
+    receives that same request (`request_key`).
+
+    >>> body = {"prompt": "hi", "max_tokens": 4}
+    >>> first, gaps = planned_latencies("0.05", "exp:0.01", body, seed=1)
+    >>> first, len(gaps), gaps == planned_latencies("0.05", "exp:0.01", body, seed=1)[1]
+    (0.05, 3, True)
+    >>> gaps == planned_latencies("0.05", "exp:0.01", body, seed=1, repeat=1)[1]
+    False
+    """
+    return _draw(parse_dist(ttft), parse_dist(itl), _max_tokens(body),
+                 _request_rng(seed, request_key(body), repeat))
+
+
+def _request_rng(seed: int, key: str, repeat: int) -> random.Random:
+    return random.Random(f"{seed}|{repeat}|{key}")  # str seeds hash with SHA-512: stable
+
+
+def _draw(ttft_s: Callable[[random.Random], float], itl_s: Callable[[random.Random], float],
+          n: int, rng: random.Random) -> tuple[float, list[float]]:
+    return ttft_s(rng), [itl_s(rng) for _ in range(n - 1)]
+
+
 def _prompt_tokens(body: dict) -> int:
     p = body.get("prompt")
     if isinstance(p, list):
@@ -79,9 +125,10 @@ def make_app(ttft: str, itl: str, *, seed: int = 0, split_events: bool = False,
     """The aiohttp application (exposed for tests that run it in-process)."""
     from aiohttp import web
 
-    ttft_s, itl_s, rng = parse_dist(ttft), parse_dist(itl), random.Random(seed)
+    ttft_s, itl_s = parse_dist(ttft), parse_dist(itl)
     params.positive_int("tokens_per_chunk", tokens_per_chunk)
     stats = {"requests": 0}
+    seen: dict[bytes, int] = {}  # digest of a request key -> how many times it came
 
     async def sleep_until(t: float) -> None:
         delay = t - time.perf_counter()
@@ -91,11 +138,14 @@ def make_app(ttft: str, itl: str, *, seed: int = 0, split_events: bool = False,
     async def completions(request: web.Request) -> web.StreamResponse:
         body = await request.json()
         chat = request.path.endswith("/chat/completions")
-        n = int(body.get("max_tokens") or 16)
+        n = _max_tokens(body)
         n_in = _prompt_tokens(body)
         stats["requests"] += 1
         t0 = time.perf_counter()
-        first, gaps = ttft_s(rng), [itl_s(rng) for _ in range(n - 1)]
+        key = request_key(body)
+        digest = hashlib.blake2b(key.encode(), digest_size=16).digest()  # keys can be long
+        repeat = seen[digest] = seen.get(digest, -1) + 1
+        first, gaps = _draw(ttft_s, itl_s, n, _request_rng(seed, key, repeat))
         rid = f"mock-{stats['requests']}"
         usage = {"prompt_tokens": n_in, "completion_tokens": n, "total_tokens": n_in + n}
         if not body.get("stream"):

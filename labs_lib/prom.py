@@ -7,6 +7,7 @@
     d.counter("vllm:prefix_cache_hits")          # hits during the phase
     d.histogram_quantile("vllm:time_to_first_token_seconds", 0.5)
     d.histogram_mean("vllm:time_to_first_token_seconds")
+    server_summary(d)                            # the engine's view of the phase, in one dict
 
 Counters and histograms are cumulative since the server started, so only differences between
 two scrapes describe one phase. Parsing uses prometheus_client's text parser.
@@ -91,6 +92,61 @@ def delta(before: Snapshot, after: Snapshot) -> Snapshot:
     """after - before for every sample (gauges too: read gauges from `after` directly)."""
     keys = set(before.samples) | set(after.samples)
     return Snapshot({k: after.samples.get(k, 0.0) - before.samples.get(k, 0.0) for k in keys})
+
+
+# vLLM's per-request histograms (seconds) that `server_summary` reads: (key, metric family)
+SERVER_LATENCIES = (
+    ("ttft", "vllm:time_to_first_token_seconds"),  # arrival at the engine -> first token
+    ("itl", "vllm:inter_token_latency_seconds"),  # one sample per decoded token after the first
+    ("e2e", "vllm:e2e_request_latency_seconds"),  # arrival -> finished
+    ("queue", "vllm:request_queue_time_seconds"),  # waiting before first scheduled
+)
+
+
+def server_summary(d: Snapshot, unit_scale: float = 1.0) -> dict[str, float]:
+    """What vLLM's own /metrics say about one phase; `d` is `delta(before, after)`.
+
+    Counts: `requests` completed (the `vllm:request_success` counter over every finished reason
+    except 'abort' and 'error', so it counts what a client sees finish), prompt and generated
+    tokens, preemptions. Latencies (seconds x `unit_scale`): the mean (exact: sum/count) of each
+    histogram in SERVER_LATENCIES, and p50/p99 interpolated inside buckets (coarse). A metric the
+    server does not export reads 0 (counters) or nan (latencies).
+
+    >>> d = parse(
+    ...     '# TYPE vllm:request_success counter\\n'
+    ...     'vllm:request_success_total{finished_reason="length"} 3\\n'
+    ...     'vllm:request_success_total{finished_reason="abort"} 1\\n'
+    ...     '# TYPE vllm:time_to_first_token_seconds histogram\\n'
+    ...     'vllm:time_to_first_token_seconds_bucket{le="0.1"} 1\\n'
+    ...     'vllm:time_to_first_token_seconds_bucket{le="0.2"} 3\\n'
+    ...     'vllm:time_to_first_token_seconds_bucket{le="+Inf"} 3\\n'
+    ...     'vllm:time_to_first_token_seconds_count 3\\n'
+    ...     'vllm:time_to_first_token_seconds_sum 0.45\\n')
+    >>> s = server_summary(d, unit_scale=1e3)  # latencies in ms
+    >>> s["requests"], round(s["ttft_mean"], 3), round(s["ttft_p50"], 3), s["preemptions"]
+    (3.0, 150.0, 125.0, 0.0)
+    """
+    finished = d.counter("vllm:request_success")
+    failed = sum(d.counter("vllm:request_success", finished_reason=r) for r in ("abort", "error"))
+    out = {"requests": finished - failed,
+           "prompt_tokens": d.counter("vllm:prompt_tokens"),
+           "generation_tokens": d.counter("vllm:generation_tokens"),
+           "preemptions": d.counter("vllm:num_preemptions")}
+    for key, name in SERVER_LATENCIES:
+        out[f"{key}_mean"] = d.histogram_mean(name) * unit_scale
+        out[f"{key}_p50"] = d.histogram_quantile(name, 0.5) * unit_scale
+        out[f"{key}_p99"] = d.histogram_quantile(name, 0.99) * unit_scale
+    return out
+
+
+def summary_from_delta(before: Snapshot, after: Snapshot, unit_scale: float = 1.0) -> dict[str, float]:
+    """`server_summary` of the phase between two scrapes of the same server.
+
+    >>> page = "# TYPE vllm:generation_tokens counter\\nvllm:generation_tokens_total {}\\n"
+    >>> summary_from_delta(parse(page.format(10)), parse(page.format(74)))["generation_tokens"]
+    64.0
+    """
+    return server_summary(delta(before, after), unit_scale)
 
 
 def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float:

@@ -3,15 +3,21 @@
 A record is what was measured plus everything needed to interpret it later:
 
     {"lab": "00", "name": "hbm_bandwidth", "value": 2.9e12, "unit": "B/s",
-     "params": {...}, "fingerprint": {...}, "time_utc": "..."}
+     "params": {...}, "fingerprint": {...}, "time_utc": "...", "commit": "3f2c1ab+dirty"}
 
 This module is the one place that decides where a run's files go (`run_dir()`):
 `$LABS_RUN_DIR` when set (the runner and `make test` set it), else `runs/interactive/`
 under the repository. Records go to `<run_dir>/records.jsonl`, figures to `<run_dir>/figures/`.
 
-Appends are atomic: the file is rewritten to a temporary file and renamed over the old one,
-so a crash (or two kernels writing at once) never leaves a half-written line. Files are created
-readable by everyone (0644 under the usual umask), like any other file the user writes.
+Appends never rewrite the file: each record is one line, written with one `write` call on the
+file opened in append mode, under an exclusive lock (two kernels writing at once never interleave
+or lose a line). Earlier records are never touched, so a crash loses at most the line being
+written; the next append starts on a fresh line. Files are created readable by everyone (0644
+under the usual umask), like any other file the user writes.
+
+Every record carries `commit`, the commit its code ran from (`commit()`): `$LABS_COMMIT` when
+set (a GPU host whose copy of .git is stale exports it), else the checkout's short hash with
+`+dirty` when tracked files differ from it, else None (an installed wheel, no git).
 
 Reading never loses good records to a bad line: `load` skips lines that are truncated, not JSON
 or not an object, keeps every other record and warns once, naming the file and the line numbers.
@@ -30,9 +36,11 @@ from __future__ import annotations
 import datetime as dt
 import errno
 import fcntl
+import functools
 import json
 import math
 import os
+import subprocess
 import tempfile
 import warnings
 from pathlib import Path
@@ -129,13 +137,15 @@ def _jsonable(x: Any) -> Any:
 
 
 def append(record: dict[str, Any], path: str | os.PathLike | None = None) -> Path:
-    """Append one record (a dict) to `path` (default: this run's records.jsonl), atomically."""
+    """Append one record (a dict) to `path` (default: this run's records.jsonl) as one line,
+    with `time_utc` and `commit` added; earlier lines are left as they are."""
     if not isinstance(record, dict):
         raise ValueError(f"record must be a dict, got {type(record).__name__}")
     for key in ("lab", "name"):
         if key not in record:
             raise ValueError(f"record needs a {key!r} key, got keys {sorted(record)}")
-    rec = {"time_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), **record}
+    rec = {"time_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "commit": commit(),
+           **record}
     line = json.dumps(_jsonable(rec), sort_keys=False) + "\n"
     path = Path(path) if path is not None else records_path()
     try:
@@ -148,22 +158,60 @@ def append(record: dict[str, Any], path: str | os.PathLike | None = None) -> Pat
 
 
 def _append_line(path: Path, line: bytes) -> None:
+    """Add `line` at the end of `path` with one write call; earlier bytes are never rewritten."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(path.suffix + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # two writers never lose each other's lines
-        old = path.read_bytes() if path.exists() else b""
-        if old and not old.endswith(b"\n"):  # a truncated last line must not swallow this one
-            old += b"\n"
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".records-")
+    with open(path, "a+b", buffering=0) as f:  # append mode: every write lands at the end
+        fcntl.flock(f, fcntl.LOCK_EX)  # two writers never interleave; released on close
+        size = f.seek(0, os.SEEK_END)
+        if size:
+            f.seek(size - 1)
+            if f.read(1) != b"\n":  # a line cut short by a crash must not swallow this one
+                line = b"\n" + line
+        done = f.write(line)
+        while done < len(line):  # only a full disk writes part of a line; the rest raises
+            done += f.write(line[done:])
+        os.fsync(f.fileno())
+
+
+def git_commit(root: str | os.PathLike) -> str | None:
+    """Short hash of HEAD of the git checkout whose top level is `root`, with `+dirty` when
+    tracked files differ from it (untracked files do not count); None when git is missing or
+    `root` is not the top of a checkout (e.g. site-packages, even inside a checkout's .venv).
+
+    >>> import tempfile
+    >>> git_commit(tempfile.mkdtemp()) is None  # not a checkout
+    True
+    """
+    root = Path(root).resolve()
+
+    def git(*args: str) -> str | None:
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(old + line)
-                f.flush()
-                os.fsync(f.fileno())
-            _publish(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+            p = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
+                               timeout=10, env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"})
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return p.stdout if p.returncode == 0 else None
+
+    out = git("rev-parse", "--show-toplevel", "--short", "HEAD")
+    lines = out.splitlines() if out else []
+    if len(lines) != 2 or Path(lines[0]).resolve() != root:
+        return None
+    status = git("status", "--porcelain", "--untracked-files=no")
+    if status is None:
+        return None
+    return lines[1] + ("+dirty" if status.strip() else "")
+
+
+@functools.cache
+def commit() -> str | None:
+    """The commit this process's code comes from, for every record: `$LABS_COMMIT` when set,
+    else `git_commit` of this repository, else None. Computed once per process.
+
+    >>> c = commit()  # e.g. '3f2c1ab', '3f2c1ab+dirty', or None outside a checkout
+    >>> c is None or len(c.removesuffix("+dirty")) >= 7
+    True
+    """
+    return os.environ.get("LABS_COMMIT") or git_commit(REPO_ROOT)
 
 
 class Recorder:

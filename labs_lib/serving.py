@@ -19,11 +19,20 @@ from __future__ import annotations
 from typing import Any
 
 from . import params, timing
-from .loadgen import LoadResult
+from .loadtypes import LoadResult  # not from loadgen: loadgen builds on these summaries
 
 
 def summarize_load(res: LoadResult) -> dict[str, Any]:
-    """TTFT, TPOT, ITL, E2E summaries (seconds) and throughput of one load run."""
+    """TTFT, TPOT, ITL, E2E summaries (seconds) and throughput of one load run.
+
+    >>> from labs_lib.client import RequestResult
+    >>> from labs_lib.loadtypes import Load, LoadResult
+    >>> r = RequestResult(1, 0.0, ok=True, ttft=0.1, e2e=0.5, chunk_times=[0.1, 0.3, 0.5],
+    ...                   chunk_tokens=[1, 1, 1])
+    >>> s = summarize_load(LoadResult([r], Load("concurrency", concurrency=1), 0.5, 0, False))
+    >>> s["n"], round(s["tpot"].p50, 3), s["output_tok_per_s"]
+    (1, 0.2, 6.0)
+    """
     ok = res.ok
     if not ok:
         errors = {r.error for r in res.results}
@@ -44,7 +53,12 @@ def summarize_load(res: LoadResult) -> dict[str, Any]:
 
 
 def flat(summary: dict[str, Any], unit_scale: float = 1e3) -> dict[str, float]:
-    """One flat dict (latencies in ms by default) for a DataFrame row or a record."""
+    """One flat dict (latencies in ms by default) for a DataFrame row or a record.
+
+    >>> from labs_lib import timing
+    >>> flat({"n": 2, "ttft": timing.summarize([0.1, 0.3]), "tpot": None})["ttft_p50"]
+    200.0
+    """
     row: dict[str, float] = {}
     for k, v in summary.items():
         if isinstance(v, timing.Summary):
@@ -60,7 +74,7 @@ def goodput(res: LoadResult, *, ttft_slo: float | None = None, tpot_slo: float |
             e2e_slo: float | None = None) -> dict[str, float]:
     """Requests/s (and fraction) that met every SLO given, in seconds.
 
-    >>> from labs_lib.loadgen import Load, LoadResult
+    >>> from labs_lib.loadtypes import Load, LoadResult
     >>> from labs_lib.client import RequestResult
     >>> fast = RequestResult(1, 0.0, ok=True, ttft=0.1, e2e=1.0, chunk_times=[0.1], chunk_tokens=[1])
     >>> slow = RequestResult(2, 0.0, ok=True, ttft=0.9, e2e=1.0, chunk_times=[0.9], chunk_tokens=[1])
@@ -94,7 +108,7 @@ def cost(res: LoadResult, *, price_in_per_1m: float, price_out_per_1m: float,
     API view: prices per 1M input and output tokens (what a provider charges).
     Operator view (with `gpu_hour_price`): what the measured throughput costs on this machine.
 
-    >>> from labs_lib.loadgen import Load, LoadResult
+    >>> from labs_lib.loadtypes import Load, LoadResult
     >>> from labs_lib.client import RequestResult
     >>> r = RequestResult(1, 0.0, ok=True, ttft=0.1, e2e=1.0, chunk_times=[0.1], chunk_tokens=[1],
     ...                   prompt_tokens=1000, completion_tokens=500)

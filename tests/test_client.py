@@ -8,14 +8,18 @@ import pytest
 from labs_lib import loadgen, serving, workload
 from labs_lib.client import RequestResult, SSEParser
 from labs_lib.loadgen import Load, Request, run_load
-from labs_lib.mockserver import mock_server, parse_dist
+from labs_lib.mockserver import mock_server, parse_dist, planned_latencies
 
 # Timing tolerance: loopback + event-loop scheduling on a loaded 2-core CI machine.
 TOL = 0.015
 
 
-def _run(url, n=24, tokens=20, c=4, prompt_len=8, **kw):
-    reqs = [Request(p, tokens) for p in workload.token_prompts(n, prompt_len, vocab_size=1000)]
+def _requests(n=24, tokens=20, prompt_len=8):
+    return [Request(p, tokens) for p in workload.token_prompts(n, prompt_len, vocab_size=1000)]
+
+
+def _run(url, n=24, tokens=20, c=4, prompt_len=8, reqs=None, **kw):
+    reqs = reqs if reqs is not None else _requests(n, tokens, prompt_len)
     warm = [Request(p, 2) for p in workload.warmup_prompts(2, prompt_len, vocab_size=1000)]
     return run_load(url, "mock", reqs, Load("concurrency", concurrency=c), warmup=warm,
                     progress=False, **kw)
@@ -36,13 +40,32 @@ def test_client_measures_known_ttft_and_itl():
 
 
 def test_client_recovers_random_latency_distributions():
-    with mock_server("exp:0.04", "lognormal:0.01:0.3", seed=3) as url:
-        res = _run(url, n=40, tokens=30, c=8)
-    itl = np.array([x for r in res.ok for x in r.itl])
-    ttft = np.array([r.ttft for r in res.ok])
-    true_itl_mean = 0.01 * np.exp(0.3**2 / 2)  # lognormal mean from median and sigma
-    assert itl.mean() == pytest.approx(true_itl_mean, rel=0.2)
-    assert ttft.mean() == pytest.approx(0.04, rel=0.5)  # 40 exponential draws: wide on purpose
+    """Each request's latencies are drawn from its own generator (seed and request), so we know
+    what the mock slept for every request, however the 8 concurrent streams interleave: the
+    client must measure those, request by request and token by token."""
+    ttft, itl, seed = "exp:0.04", "lognormal:0.01:0.3", 3
+    reqs = _requests(n=40, tokens=30)
+    with mock_server(ttft, itl, seed=seed) as url:
+        res = _run(url, c=8, reqs=reqs)
+    plans = [planned_latencies(ttft, itl, {"prompt": r.prompt, "max_tokens": r.max_tokens},
+                               seed=seed) for r in reqs]
+    true_ttft = np.array([first for first, _ in plans])
+    true_itl = np.array([gaps for _, gaps in plans])  # 40 requests x 29 gaps
+    # the draws follow the asked distributions (no timing here: exact and repeatable)
+    assert np.median(true_itl) == pytest.approx(0.01, rel=0.05)  # lognormal: median 0.01 s
+    assert np.log(true_itl).std() == pytest.approx(0.3, rel=0.1)  # ... and sigma 0.3
+    assert true_ttft.mean() == pytest.approx(0.04, rel=0.5)  # 40 exponential draws: wide on purpose
+    assert len(res.ok) == 40 and all(len(r.itl) == 29 for r in res.results)
+    ttft_m = np.array([r.ttft for r in res.results])  # results come in request order
+    itl_m = np.array([r.itl for r in res.results])
+    # request by request: the measured TTFT tracks the drawn one (spread 40 ms, noise ~2 ms;
+    # a mock that gave requests other draws, or a client that mixed requests up, scores ~0)
+    assert np.corrcoef(ttft_m, true_ttft)[0, 1] > 0.95
+    assert -0.001 < np.median(ttft_m - true_ttft) < TOL  # + loopback and scheduling, never less
+    # token by token: each gap tracks the drawn gap (~0.97 here, ~0.9 with both cores busy)
+    assert np.corrcoef(itl_m.ravel(), true_itl.ravel())[0, 1] > 0.8
+    assert abs(np.median(itl_m - true_itl)) < 0.001
+    assert itl_m.mean() == pytest.approx(true_itl.mean(), rel=0.02)
 
 
 def test_sse_events_split_across_network_writes():
@@ -135,7 +158,11 @@ def test_mock_rejects_bad_distribution_before_starting():
     with pytest.raises(ValueError, match="distribution must be"):
         with mock_server("fast", "0.01"):
             pass
-    assert parse_dist("uniform:0.1:0.2")(random.Random(0)) == pytest.approx(0.1, abs=0.1)
+    rng = random.Random(0)
+    draws = [parse_dist("uniform:0.1:0.2")(rng) for _ in range(400)]
+    assert 0.1 <= min(draws) < 0.11 and 0.19 < max(draws) <= 0.2
+    # exp:MEAN is a mean, not a rate: 4000 draws average 0.5 within 5 % (6 standard errors)
+    assert np.mean([parse_dist("exp:0.5")(rng) for _ in range(4000)]) == pytest.approx(0.5, rel=0.05)
 
 
 def test_goodput_and_cost_arithmetic():
@@ -153,20 +180,24 @@ def test_goodput_and_cost_arithmetic():
         serving.goodput(res, ttft_slo=-1)
 
 
-def test_summaries_match_numpy_percentiles():
-    rng = np.random.default_rng(0)
-    results = []
-    for i in range(50):
-        ttft = float(rng.uniform(0.05, 0.2))
-        times = list(ttft + np.cumsum(rng.uniform(0.01, 0.02, 10)))
-        results.append(RequestResult(i, 0.0, ok=True, ttft=ttft, e2e=times[-1] + 0.001,
-                                     chunk_times=[ttft, *times], chunk_tokens=[1] * 11))
-    s = serving.summarize_load(loadgen.LoadResult(results, Load("concurrency", concurrency=1),
-                                                  5.0, 0, False))
-    ttfts = [r.ttft for r in results]
-    assert s["ttft"].p99 == pytest.approx(np.percentile(ttfts, 99))
-    assert s["itl"].n == 500 and s["tpot"].n == 50
-    assert s["output_tok_per_s"] == pytest.approx(50 * 11 / 5.0)
+def test_load_summary_hand_worked():
+    """Four requests of 3 tokens (gaps 10 and 20 ms, 1 ms tail after the last) and one failure,
+    in 2 s of wall time."""
+    results = [RequestResult(i, 0.0, ok=True, ttft=ttft, e2e=ttft + 0.031,
+                             chunk_times=[ttft, ttft + 0.01, ttft + 0.03], chunk_tokens=[1, 1, 1],
+                             prompt_tokens=100)
+               for i, ttft in enumerate([0.4, 0.1, 0.3, 0.2])]
+    results.append(RequestResult(9, 0.0, ok=False, error="HTTP 500"))
+    s = serving.summarize_load(loadgen.LoadResult(results, Load("concurrency", concurrency=4),
+                                                  2.0, 0, False))
+    assert (s["n"], s["failed"]) == (4, 1)
+    # TTFT 0.1..0.4 s, interpolated between order statistics: p50 0.25, p90 0.37, p99 0.397
+    assert (s["ttft"].p50, s["ttft"].p90, s["ttft"].p99) == pytest.approx((0.25, 0.37, 0.397))
+    assert (s["itl"].n, s["itl"].p50, s["itl"].max) == (8, pytest.approx(0.015), pytest.approx(0.02))
+    assert (s["tpot"].n, s["tpot"].p50) == (4, pytest.approx(0.031 / 2))  # (E2E - TTFT) / 2 gaps
+    assert s["e2e"].min == pytest.approx(0.131)
+    assert (s["req_per_s"], s["output_tok_per_s"], s["total_tok_per_s"]) == \
+        pytest.approx((2.0, 6.0, 206.0))  # 4 requests, 12 output and 400 prompt tokens in 2 s
 
 
 def test_workload_prompts_share_exactly_the_asked_prefix():
@@ -201,3 +232,26 @@ def test_scrape_metrics_covers_only_the_measured_phase():
         res = run_load(url, "mock", reqs, Load("concurrency", concurrency=3),
                        warmup=[Request([3], 2)] * 4, progress=False, scrape_metrics=True)
     assert res.metrics.counter("mock:requests") == 7  # the 4 warm-up requests are excluded
+
+
+def test_concurrency_sweep_measures_each_level_with_one_progress_bar(capfd):
+    with mock_server("0.01", "0.002") as url:
+        pts = loadgen.concurrency_sweep(
+            url, "mock", [1, 3], lambda c: [Request(p, 5) for p in workload.token_prompts(2 * c, 8, vocab_size=1000)],
+            warmup=[Request([3, 4], 2)] * 2, ttft_slo=0.5, tpot_slo=0.5)
+    err = capfd.readouterr().err
+    assert [p.label for p in pts] == [1, 3] and [p.summary["n"] for p in pts] == [2, 6]
+    assert [p.result.metrics.counter("mock:requests") for p in pts] == [2, 6]  # warm-up excluded
+    rows = [p.row("concurrency") for p in pts]
+    assert rows[1]["concurrency"] == 3 and rows[1]["slo_met"] == 1.0
+    assert rows[1]["ttft_p50"] == pytest.approx(10, abs=1e3 * TOL)  # ms
+    assert rows[1]["server_requests"] == 0  # the mock exports no vllm:* series
+    assert "concurrency sweep" in err and "2/2" in err
+    assert "concurrency 3" not in err  # the runs inside the sweep draw no bars of their own
+
+
+def test_sweep_rejects_nothing_to_do():
+    with pytest.raises(ValueError, match="points"):
+        loadgen.sweep("http://127.0.0.1:9", "mock", [])
+    with pytest.raises(ValueError, match="concurrencies"):
+        loadgen.concurrency_sweep("http://127.0.0.1:9", "mock", [0], lambda c: [])

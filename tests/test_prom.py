@@ -54,3 +54,25 @@ def test_histogram_quantile_edge_cases():
 def test_parse_minimal_text():
     snap = prom.parse('# TYPE x_total counter\nx_total{a="1"} 3\nx_total{a="2"} 4\n')
     assert snap.counter("x") == 7 and snap.counter("x", a="2") == 4
+
+
+def test_server_summary_of_the_captured_phase(phase):
+    before, after, d = phase
+    s = prom.summary_from_delta(before, after, unit_scale=1e3)
+    assert (s["requests"], s["prompt_tokens"], s["generation_tokens"], s["preemptions"]) == (5, 320, 40, 0)
+    assert s["ttft_mean"] == pytest.approx(1e3 * d.histogram_mean("vllm:time_to_first_token_seconds"))
+    assert 0 < s["itl_p50"] <= s["itl_p99"] and 0 < s["e2e_mean"]
+    assert s["e2e_mean"] > s["ttft_mean"]  # 7 more tokens after the first
+    assert prom.server_summary(d) == pytest.approx({k: v / 1e3 if k.endswith(("_mean", "_p50", "_p99"))
+                                                    else v for k, v in s.items()})
+
+
+def test_server_summary_counts_only_requests_that_completed():
+    page = ('# TYPE vllm:request_success counter\n'
+            'vllm:request_success_total{finished_reason="stop"} %d\n'
+            'vllm:request_success_total{finished_reason="length"} %d\n'
+            'vllm:request_success_total{finished_reason="abort"} %d\n'
+            'vllm:request_success_total{finished_reason="error"} %d\n')
+    s = prom.summary_from_delta(prom.parse(page % (1, 2, 0, 0)), prom.parse(page % (3, 9, 4, 1)))
+    assert s["requests"] == 2 + 7  # 5 aborted or failed ones are not completed requests
+    assert math.isnan(s["ttft_mean"]) and math.isnan(s["ttft_p50"])  # not exported: nan, not 0

@@ -148,3 +148,73 @@ def test_recorder_marks_records_taken_on_a_busy_machine(tmp_path, monkeypatch):
     assert (busy["busy"], busy["busy_reason"]) == (True, "load average 9.0 on 2 cores")
     assert calm["busy"] is False and "busy_reason" not in calm
     assert rec.frame()["busy"].tolist() == [True, False]
+
+
+# -- appends without rewriting; the commit on every record (issue 12)
+
+
+def test_appends_add_one_line_each_and_never_rewrite_earlier_bytes(tmp_path):
+    p = tmp_path / "r.jsonl"
+    rec = records.Recorder("01", path=p)
+    rec.write("first", 1, "s")
+    before, inode = p.read_bytes(), p.stat().st_ino
+    for i in range(20):
+        rec.write("more", i, "s")
+    after = p.read_bytes()
+    assert p.stat().st_ino == inode  # the same file, not a copy renamed over it
+    assert after.startswith(before) and after.count(b"\n") == 21
+    assert [json.loads(line)["value"] for line in after.splitlines()[1:]] == list(range(20))
+    assert not list(tmp_path.glob(".records-*")) and not list(tmp_path.glob("*.lock"))
+
+
+@pytest.fixture
+def fresh_commit():
+    records.commit.cache_clear()  # commit() is computed once per process: start and end clean
+    yield
+    records.commit.cache_clear()
+
+
+def test_every_record_carries_labs_commit_when_it_is_set(tmp_path, monkeypatch, fresh_commit):
+    monkeypatch.setenv("LABS_COMMIT", "9d1e0f2")
+    monkeypatch.setattr(records, "git_commit", lambda root: pytest.fail("asked git despite LABS_COMMIT"))
+    p = tmp_path / "r.jsonl"
+    records.Recorder("01", path=p).write("ttft_p50", 0.2, "s")
+    records.append({"lab": "01", "name": "plain", "value": 1, "unit": "s"}, p)
+    assert [json.loads(line)["commit"] for line in p.read_text().splitlines()] == ["9d1e0f2"] * 2
+
+
+def test_commit_is_none_without_git(tmp_path, monkeypatch, fresh_commit):
+    monkeypatch.delenv("LABS_COMMIT", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no git executable to be found
+    p = records.append({"lab": "01", "name": "a", "value": 1, "unit": "s"}, tmp_path / "r.jsonl")
+    assert json.loads(p.read_text())["commit"] is None
+
+
+def test_commit_is_asked_once_per_process(monkeypatch, fresh_commit):
+    calls = []
+    monkeypatch.delenv("LABS_COMMIT", raising=False)
+    monkeypatch.setattr(records, "git_commit", lambda root: calls.append(root) or "abc1234")
+    assert [records.commit() for _ in range(3)] == ["abc1234"] * 3
+    assert calls == [records.REPO_ROOT]
+
+
+def test_git_commit_of_a_checkout_is_its_short_head_and_dirty_only_for_tracked_changes(tmp_path):
+    import subprocess
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t",
+                               *args], capture_output=True, text=True, check=True).stdout.strip()
+
+    assert records.git_commit(tmp_path) is None  # not a checkout (yet)
+    git("init", "-q")
+    (tmp_path / "a.py").write_text("x = 1\n")
+    git("add", "a.py")
+    git("commit", "-q", "-m", "one")
+    head = git("rev-parse", "--short", "HEAD")
+    assert records.git_commit(tmp_path) == head
+    (tmp_path / "notes.txt").write_text("untracked files do not make a checkout dirty")
+    assert records.git_commit(tmp_path) == head
+    (tmp_path / "a.py").write_text("x = 2\n")
+    assert records.git_commit(tmp_path) == head + "+dirty"
+    (tmp_path / "sub").mkdir()
+    assert records.git_commit(tmp_path / "sub") is None  # inside a checkout, not its top level
