@@ -265,3 +265,23 @@ def test_eval_windows_fixed_slice():
     assert [len(x) for x in w] == [3 * [100]][0] and w[1][0] == ord(quality.eval_text()[100])
     with pytest.raises(ValueError, match="fewer than"):
         quality.eval_windows(Tok(), 100, 100)
+
+
+def test_prepare_writes_a_checkpoint_in_a_child_process(tmp_path, monkeypatch):
+    # the engine's process must not run the quantizer (torch's thread pool, then vLLM forks):
+    # a spawned child writes it, this process only finds it
+    from pathlib import Path
+
+    from labs_lib.quant import bench
+
+    monkeypatch.setenv("LABS_CACHE", str(tmp_path / "cache"))
+    src = tmp_path / "src"
+    src.mkdir()
+    _tiny_checkpoint(src)
+    spec = models.resolve(str(src))
+    monkeypatch.setattr(rtn, "write_checkpoint", lambda *a, **k: pytest.fail("quantized in the engine's process"))
+    target = bench.prepare(spec, formats.AWQ, 32)
+    assert Path(target.path).parent == tmp_path / "cache" / "quant"
+    qc = json.loads((Path(target.path) / "config.json").read_text())["quantization_config"]
+    assert qc["quant_method"] == "awq" and qc["group_size"] == 32
+    assert bench.prepare(spec, formats.BF16, 32) is spec  # nothing to write for the base model

@@ -23,6 +23,7 @@ the lab's AWQ / GPTQ / compressed-tensors checkpoints and the GGUF file, recordi
 from __future__ import annotations
 
 import itertools
+import multiprocessing
 import os
 import time
 import traceback
@@ -76,6 +77,30 @@ def model_for(spec: models.ModelSpec, setting: formats.Setting, group_size: int)
     if spec.random_weights:
         return models.resolve(str(formats.shape_dir(spec, setting, group_size)))
     return models.resolve(str(rtn.checkpoint_dir(spec, setting.checkpoint, group_size)))
+
+
+def prepare(spec: models.ModelSpec, setting: formats.Setting, group_size: int) -> models.ModelSpec:
+    """`model_for`, with an RTN checkpoint written in a child process that exits first.
+
+    Writing a checkpoint runs torch's CPU thread pool (OpenMP) in this process, and vLLM on a GPU
+    then forks its engine core from it; a forked child of a process whose OpenMP pool has run
+    can wait forever on that pool's locks. On the H100 (vLLM 0.26) every quality engine whose
+    checkpoint had just been written hung at start, and started in 40 s once it existed. A
+    spawned child (a fresh interpreter) writes it instead; it is written once and reused."""
+    if setting.source == "checkpoint" and not spec.random_weights:
+        ctx = multiprocessing.get_context("spawn")
+        child = ctx.Process(target=_write_checkpoint, args=(spec.source, setting.checkpoint, group_size),
+                            name=f"rtn-{setting.checkpoint}")
+        child.start()
+        child.join()
+        if child.exitcode != 0:
+            raise RuntimeError(f"writing the {setting.checkpoint} checkpoint of {spec.name} failed "
+                               f"(exit {child.exitcode}); its traceback is in this log above")
+    return model_for(spec, setting, group_size)
+
+
+def _write_checkpoint(source: str, fmt: str, group_size: int) -> None:
+    rtn.checkpoint_dir(models.resolve(source), fmt, group_size)
 
 
 def _own_log() -> str:
@@ -210,7 +235,7 @@ def run_setting(model: str, profile: dict[str, Any], setting: dict[str, Any], gr
     prof = Profile.from_dict(profile)
     st = formats.Setting.from_dict(setting)
     t0 = time.perf_counter()
-    target = model_for(spec, st, group_size)
+    target = prepare(spec, st, group_size)
     prepare_s = time.perf_counter() - t0
     kw = dict(engine)
     if st.quantization:
