@@ -14,6 +14,7 @@ Modules, by role:
 - runner    `python -m labs_lib.runner`: execute every notebook into runs/<timestamp>/
 - nbparams  a notebook's `parameters` cell read with `ast`; `-p name=value` checked and typed
 - contention  is the machine busy with other work? (records of such runs are flagged)
+- batching    static vs continuous batching schedules: steps, idle slots, predicted time
 """
 
 from __future__ import annotations

@@ -75,9 +75,15 @@ def _run_once(name: str, timeout: float, kwargs: dict[str, Any]) -> dict[str, An
 
 def vllm_batch(model: str, profile: dict[str, Any], prompts: list[list[int]],
                out_lens: list[int], engine: dict[str, Any] | None = None,
-               warmup: int = 8) -> dict[str, Any]:
+               warmup: int = 8, static_batch: int | None = None,
+               calibrate: list[int] | None = None, calibrate_tokens: int = 32) -> dict[str, Any]:
     """Submit every request at once to an offline vLLM engine (continuous batching decides the
-    order); per-request TTFT / TPOT / E2E from the engine's own timestamps."""
+    order); per-request TTFT / TPOT / E2E from the engine's own timestamps.
+
+    With `static_batch`, the same engine then runs the same requests as static batches
+    (`static_batches`), so the two schedules share kernels, graphs and warm caches. With
+    `calibrate` (batch sizes), it measures the decode step time at each (`decode_step`), the
+    step-cost line that `labs_lib.batching` prices schedules with."""
     from .models import resolve
     from .tiers import Profile
 
@@ -95,18 +101,80 @@ def vllm_batch(model: str, profile: dict[str, Any], prompts: list[list[int]],
         llm.generate([{"prompt_token_ids": p} for p in warmup_prompts(warmup, 16, vocab_size=vocab)],
                      SamplingParams(max_tokens=8, ignore_eos=True), use_tqdm=False)
         sps = [SamplingParams(max_tokens=n, ignore_eos=True, temperature=0.0) for n in out_lens]
+        steps0 = engine_steps(llm)
         t0 = time.perf_counter()
         outs = llm.generate([{"prompt_token_ids": p} for p in prompts], sps, use_tqdm=False)
         wall = time.perf_counter() - t0
-    rows = []
-    for o in outs:
-        m, n = o.metrics, len(o.outputs[0].token_ids)
-        rows.append({"n_out": n, "ttft": m.first_token_ts - m.queued_ts,
-                     "e2e": m.last_token_ts - m.queued_ts,
-                     "tpot": (m.last_token_ts - m.first_token_ts) / (n - 1) if n > 1 else None,
-                     "preemptions": getattr(m, "num_preemptions", None)})
-    return {"wall_s": wall, "startup_s": startup, "requests": rows,
-            "output_tokens": sum(r["n_out"] for r in rows)}
+        out = {"wall_s": wall, "startup_s": startup, "requests": [_request_row(o) for o in outs],
+               "output_tokens": sum(len(o.outputs[0].token_ids) for o in outs),
+               "steps": _delta(steps0, engine_steps(llm))}
+        if static_batch:
+            out["static"] = static_batches(llm, prompts, out_lens, static_batch)
+        if calibrate:
+            out["step_s"] = {str(b): decode_step(llm, b, calibrate_tokens, vocab) for b in calibrate}
+    return out
+
+
+def _request_row(o: Any, start: float = 0.0) -> dict[str, Any]:
+    """A finished request's times; `start`: when its batch was submitted, from the run's start."""
+    from .engine import request_times
+
+    n, t = len(o.outputs[0].token_ids), request_times(o)
+    return {"n_out": n, "ttft": start + t["ttft"], "e2e": start + t["ttft"] + t["decode"],
+            "prefill": t["prefill"], "tpot": t["decode"] / (n - 1) if n > 1 else None,
+            "preemptions": getattr(o.metrics, "num_preemptions", None)}
+
+
+def static_batches(llm: Any, prompts: list[list[int]], out_lens: list[int], batch: int) -> dict[str, Any]:
+    """Static batching on a running vLLM engine: batches of `batch` requests in arrival order, each
+    submitted only when the previous batch has fully finished. Every request arrived at t = 0, so
+    its TTFT and E2E count from the run's start. A finished request's slot stays empty until its
+    batch ends; the engine computes nothing for it (no padding)."""
+    from vllm import SamplingParams
+
+    steps0 = engine_steps(llm)
+    rows, t0 = [], time.perf_counter()
+    prefill = 0.0
+    for i in range(0, len(prompts), batch):
+        start = time.perf_counter() - t0
+        sps = [SamplingParams(max_tokens=n, ignore_eos=True, temperature=0.0) for n in out_lens[i:i + batch]]
+        outs = llm.generate([{"prompt_token_ids": p} for p in prompts[i:i + batch]], sps, use_tqdm=False)
+        batch_rows = [_request_row(o, start) | {"batch": i // batch} for o in outs]
+        prefill += max(r["prefill"] for r in batch_rows)  # the batch's prompts share its prefill step(s)
+        rows += batch_rows
+    wall = time.perf_counter() - t0
+    return {"wall_s": wall, "requests": rows, "output_tokens": sum(r["n_out"] for r in rows),
+            "prefill_s": prefill, "batch": batch, "steps": _delta(steps0, engine_steps(llm))}
+
+
+def engine_steps(llm: Any) -> int | None:
+    """Steps (scheduler iterations) the engine has run so far: the sample count of its
+    `vllm:iteration_tokens_total` histogram; None where the engine does not report it."""
+    for m in llm.get_metrics():
+        if m.name == "vllm:iteration_tokens_total" and hasattr(m, "count"):
+            return int(m.count)
+    return None
+
+
+def _delta(before: int | None, after: int | None) -> int | None:
+    return None if before is None or after is None else after - before
+
+
+def decode_step(llm: Any, batch: int, tokens: int, vocab_size: int, repeats: int = 3) -> float:
+    """Median decode step time with `batch` sequences running together (16-token prompts,
+    `tokens` generated), from the engine's timestamps: (last - first token) / (tokens - 1)."""
+    from vllm import SamplingParams
+
+    from .engine import request_times
+    from .workload import token_prompts
+
+    sp = SamplingParams(max_tokens=tokens, ignore_eos=True, temperature=0.0)
+    steps = []
+    for r in range(repeats):
+        ps = token_prompts(batch, 16, vocab_size=vocab_size, seed=10_000 + 97 * batch + r)
+        outs = llm.generate([{"prompt_token_ids": p} for p in ps], sp, use_tqdm=False)
+        steps += [request_times(o)["decode"] / (tokens - 1) for o in outs]
+    return float(sorted(steps)[len(steps) // 2])
 
 
 def hf_static_batches(model: str, profile: dict[str, Any], prompts: list[list[int]],
