@@ -23,6 +23,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -44,6 +45,8 @@ class Result:
     headline: str = ""
     error: str = ""
     busy: str = ""  # why the machine was busy while this lab measured ('' if it was not)
+    engine_starts: int = 0  # vLLM engines and servers this lab started (its outputs and worker logs)
+    engine_start_s: float = 0.0  # the seconds they took to become ready, together
     warnings: list[str] = field(default_factory=list)  # e.g. unreadable lines in records.jsonl
 
 
@@ -165,10 +168,41 @@ def _stderr_to(path: Path):
             os.close(saved)
 
 
+_READY = re.compile(r"vLLM (?:engine|server) ready (?:at \S+ )?in ([\d.]+) s")
+
+
+def engine_starts(executed: Path, logs: Path, since: float) -> tuple[int, float]:
+    """(how many, seconds in all) vLLM engines and servers became ready: the "ready in X s" lines
+    that `labs_lib.engine` prints, in the executed notebook's outputs and in the worker logs
+    under `logs` written since `since` (a time.time()). A missing or unreadable file counts 0.
+
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp())
+    >>> _ = (d / "w.log").write_text("vLLM engine ready in 66.5 s\\nvLLM server ready at http://h:1 in 3.5 s\\n")
+    >>> engine_starts(d / "missing.ipynb", d, since=0)
+    (2, 70.0)
+    """
+    texts = []
+    try:
+        cells = json.loads(executed.read_text()).get("cells", [])
+        texts += ["".join(o.get("text", "")) for c in cells for o in c.get("outputs", [])
+                  if o.get("output_type") == "stream"]
+    except (OSError, ValueError):
+        pass
+    for log in sorted(logs.glob("*.log")) if logs.is_dir() else []:
+        try:
+            if log.stat().st_mtime >= since:
+                texts.append(log.read_text(errors="replace"))
+        except OSError:
+            pass
+    found = [float(m) for t in texts for m in _READY.findall(t)]
+    return len(found), round(sum(found), 1)
+
+
 def run_one(nb: Path, out: Path, parameters: dict[str, object]) -> Result:
     import papermill as pm
 
-    t0 = time.perf_counter()
+    t0, since = time.perf_counter(), time.time()
     try:
         (out / "logs").mkdir(parents=True, exist_ok=True)
         with _stderr_to(out / "logs" / f"{nb.stem}.stderr.log"):
@@ -185,18 +219,30 @@ def run_one(nb: Path, out: Path, parameters: dict[str, object]) -> Result:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         head, busy = lab_notes(out, nb.stem.split("_")[0])
+    starts, start_s = engine_starts(out / nb.name, out / "logs", since)
     return Result(nb.stem, status, time.perf_counter() - t0, head, error, busy,
-                  [str(w.message) for w in caught if issubclass(w.category, BadRecordsWarning)])
+                  [str(w.message) for w in caught if issubclass(w.category, BadRecordsWarning)],
+                  starts, start_s)
 
 
 def summary_table(results: list[Result]) -> str:
-    rows = ["| notebook | status | wall time | headline |", "|---|---|---|---|"]
+    rows = ["| notebook | status | wall time | engine starts | headline |", "|---|---|---|---|---|"]
     for r in results:
         note = r.headline if r.status == "ok" else r.error
         if r.busy:
             note += f" [busy machine: {r.busy}]"
-        rows.append(f"| {r.notebook} | {r.status} | {r.wall_s:.0f} s | {note} |")
+        rows.append(f"| {r.notebook} | {r.status} | {r.wall_s:.0f} s | {_starts(r)} | {note} |")
+    if len(results) > 1:
+        n, s = sum(r.engine_starts for r in results), sum(r.engine_start_s for r in results)
+        rows.append(f"| all | | {sum(r.wall_s for r in results):.0f} s | {_starts(n, s)} | |")
     return "\n".join(rows)
+
+
+def _starts(n: int | Result, seconds: float = 0.0) -> str:
+    """'6 in 410 s' (engine starts and their seconds), or '0'."""
+    if isinstance(n, Result):
+        n, seconds = n.engine_starts, n.engine_start_s
+    return f"{n} in {seconds:.0f} s" if n else "0"
 
 
 def write_summary(out: Path, results: list[Result]) -> str:
@@ -264,7 +310,8 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             r = run_one(nb, out, plan.per_notebook[nb.stem])
             results.append(r)
-            print(f"{r.status} in {r.wall_s:.0f} s  {r.headline if r.status == 'ok' else r.error}"
+            print(f"{r.status} in {r.wall_s:.0f} s (engine starts: {_starts(r)})  "
+                  f"{r.headline if r.status == 'ok' else r.error}"
                   + (f"  [busy machine: {r.busy}]" if r.busy else ""), flush=True)
             for w in r.warnings:
                 print(f"  warning: {w}", flush=True)

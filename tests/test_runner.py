@@ -261,3 +261,33 @@ def test_an_unwritable_or_full_run_folder_is_one_line_naming_it(tmp_path, monkey
     with pytest.raises(SystemExit) as e:
         runner.prepare_out(tmp_path / "run")
     assert e.value.code == f"cannot write the run folder {tmp_path / 'run'}: {err.strerror}; {fix}"
+
+
+def test_summary_counts_engine_starts_per_lab_and_in_all():
+    from labs_lib.runner import Result, summary_table
+
+    table = summary_table([Result("02_x", "ok", 100.0, "h", engine_starts=1, engine_start_s=66.4),
+                           Result("04_y", "failed", 300.0, "", "cell 3: boom", engine_starts=4, engine_start_s=250.0)])
+    lines = table.splitlines()
+    assert lines[2] == "| 02_x | ok | 100 s | 1 in 66 s | h |"
+    assert lines[3] == "| 04_y | failed | 300 s | 4 in 250 s | cell 3: boom |"
+    assert lines[4] == "| all | | 400 s | 5 in 316 s | |"
+
+
+def test_engine_starts_reads_notebook_outputs_and_only_new_logs(tmp_path):
+    import json
+    import os
+
+    from labs_lib.runner import engine_starts
+
+    nb = tmp_path / "lab.ipynb"
+    nb.write_text(json.dumps({"cells": [{"cell_type": "code", "outputs": [
+        {"output_type": "stream", "name": "stdout", "text": ["vLLM engine ready in 5.5 s\n"]},
+        {"output_type": "execute_result", "data": {"text/plain": "vLLM engine ready in 99 s"}}]}]}))
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "new.log").write_text("x\nvLLM server ready at http://127.0.0.1:8000 in 40.0 s\n")
+    old = logs / "old.log"
+    old.write_text("vLLM engine ready in 1000 s\n")
+    os.utime(old, (1, 1))  # written before this lab started: another lab's worker
+    assert engine_starts(nb, logs, since=100) == (2, 45.5)  # the execute_result is not a print

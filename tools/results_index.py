@@ -26,9 +26,10 @@ def _summary(folder: Path) -> dict | None:
         runs = runs.get("results", runs) if isinstance(runs, dict) else runs
         return runs[-1]
     if (folder / "summary.md").exists():
-        cells = [c.strip() for c in (folder / "summary.md").read_text().splitlines()[-1].split("|")[1:-1]]
+        lines = [ln for ln in (folder / "summary.md").read_text().splitlines() if not ln.startswith("| all |")]
+        cells = [c.strip() for c in lines[-1].split("|")[1:-1]]  # newer tables have an engine-starts column
         return {"notebook": cells[0], "status": cells[1], "wall_s": float(cells[2].split()[0]),
-                "headline": cells[3], "error": cells[3]}
+                "headline": cells[-1], "error": cells[-1]}
     return None
 
 
