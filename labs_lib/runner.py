@@ -45,9 +45,9 @@ class Result:
     headline: str = ""
     error: str = ""
     busy: str = ""  # why the machine was busy while this lab measured ('' if it was not)
+    warnings: list[str] = field(default_factory=list)  # e.g. unreadable lines in records.jsonl
     engine_starts: int = 0  # vLLM engines and servers this lab started (its outputs and worker logs)
     engine_start_s: float = 0.0  # the seconds they took to become ready, together
-    warnings: list[str] = field(default_factory=list)  # e.g. unreadable lines in records.jsonl
 
 
 class Interrupted(KeyboardInterrupt):

@@ -207,7 +207,7 @@ def test_the_summary_marks_labs_measured_on_a_busy_machine(tmp_path):
     assert (head, busy) == ("5.4 s TTFT", "2 of 4 records measured on a busy machine "
                                           "(load average 4.1 on 2 cores)")
     table = runner.summary_table([runner.Result("01_x", "ok", 3.0, head, busy=busy)])
-    assert "| 01_x | ok | 3 s | 5.4 s TTFT [busy machine: 2 of 4 records" in table
+    assert "| 01_x | ok | 3 s | 0 | 5.4 s TTFT [busy machine: 2 of 4 records" in table
 
 
 def test_sigterm_mid_run_writes_the_summary_marks_the_interrupted_lab_and_leaves_nothing(tmp_path):
