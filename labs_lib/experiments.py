@@ -111,7 +111,9 @@ def vllm_batch(model: str, profile: dict[str, Any], prompts: list[list[int]],
         if static_batch:
             out["static"] = static_batches(llm, prompts, out_lens, static_batch)
         if calibrate:
-            out["step_s"] = {str(b): decode_step(llm, b, calibrate_tokens, vocab) for b in calibrate}
+            plen = len(prompts[0]) if prompts else 16  # the workload's context: its KV reads count too
+            out["step_s"] = {str(b): decode_step(llm, b, calibrate_tokens, vocab, prompt_len=plen)
+                             for b in calibrate}
     return out
 
 
@@ -148,9 +150,13 @@ def static_batches(llm: Any, prompts: list[list[int]], out_lens: list[int], batc
 
 
 def engine_steps(llm: Any) -> int | None:
-    """Steps (scheduler iterations) the engine has run so far: the sample count of its
+    """Steps the engine has run so far that returned at least one token: the sample count of its
     `vllm:iteration_tokens_total` histogram; None where the engine does not report it."""
-    for m in llm.get_metrics():
+    try:
+        metrics = llm.get_metrics()
+    except (AssertionError, AttributeError):  # stats off ("Stat logging disabled"), or an older vLLM
+        return None
+    for m in metrics:
         if m.name == "vllm:iteration_tokens_total" and hasattr(m, "count"):
             return int(m.count)
     return None
@@ -160,9 +166,10 @@ def _delta(before: int | None, after: int | None) -> int | None:
     return None if before is None or after is None else after - before
 
 
-def decode_step(llm: Any, batch: int, tokens: int, vocab_size: int, repeats: int = 3) -> float:
-    """Median decode step time with `batch` sequences running together (16-token prompts,
-    `tokens` generated), from the engine's timestamps: (last - first token) / (tokens - 1)."""
+def decode_step(llm: Any, batch: int, tokens: int, vocab_size: int, repeats: int = 3,
+                prompt_len: int = 16) -> float:
+    """Median decode step time with `batch` sequences running together (`prompt_len`-token
+    prompts, `tokens` generated), from the engine's timestamps: (last - first token) / (tokens - 1)."""
     from vllm import SamplingParams
 
     from .engine import request_times
@@ -171,7 +178,7 @@ def decode_step(llm: Any, batch: int, tokens: int, vocab_size: int, repeats: int
     sp = SamplingParams(max_tokens=tokens, ignore_eos=True, temperature=0.0)
     steps = []
     for r in range(repeats):
-        ps = token_prompts(batch, 16, vocab_size=vocab_size, seed=10_000 + 97 * batch + r)
+        ps = token_prompts(batch, prompt_len, vocab_size=vocab_size, seed=10_000 + 97 * batch + r)
         outs = llm.generate([{"prompt_token_ids": p} for p in ps], sp, use_tqdm=False)
         steps += [request_times(o)["decode"] / (tokens - 1) for o in outs]
     return float(sorted(steps)[len(steps) // 2])

@@ -84,10 +84,12 @@ def prepare(spec: models.ModelSpec, setting: formats.Setting, group_size: int) -
 
     Writing a checkpoint runs torch's CPU thread pool (OpenMP) in this process, and vLLM on a GPU
     then forks its engine core from it; a forked child of a process whose OpenMP pool has run
-    can wait forever on that pool's locks. On the H100 (vLLM 0.26) every quality engine whose
-    checkpoint had just been written hung at start, and started in 40 s once it existed. A
-    spawned child (a fresh interpreter) writes it instead; it is written once and reused."""
-    if setting.source == "checkpoint" and not spec.random_weights:
+    can wait forever on that pool's locks. On the H100 (vLLM 0.26) the quality engines whose
+    checkpoint had just been written hung at start (twice), and started in 40 s once it existed. A
+    spawned child (a fresh interpreter) writes it instead; it is written once and reused.
+    (Setting VLLM_WORKER_MULTIPROC_METHOD=spawn would also avoid it, for 5-15 s more per engine.)"""
+    if (setting.source == "checkpoint" and not spec.random_weights
+            and not (rtn.checkpoint_path(spec, setting.checkpoint, group_size) / "model.safetensors").exists()):
         ctx = multiprocessing.get_context("spawn")
         child = ctx.Process(target=_write_checkpoint, args=(spec.source, setting.checkpoint, group_size),
                             name=f"rtn-{setting.checkpoint}")

@@ -292,12 +292,17 @@ def write_checkpoint(src: str | Path, fmt: str, out: str | Path, group_size: int
     return out
 
 
+def checkpoint_path(spec: models.ModelSpec, fmt: str, group_size: int) -> Path:
+    """Where `checkpoint_dir` keeps the `fmt` checkpoint of `spec` (written or not)."""
+    return models.cache_dir() / "quant" / f"{spec.slug}-{fmt}-g{group_size}"
+
+
 def checkpoint_dir(spec: models.ModelSpec, fmt: str, group_size: int) -> Path:
     """The `fmt` checkpoint of a real-weights model, written once into the models cache (safe
     with several processes at once) and reused: `<cache>/quant/<model>-<fmt>-g<group_size>`."""
     if spec.random_weights:
         raise ValueError(f"{spec.name} has random weights: quantize a real-weights checkpoint "
                          "(shape models take a config instead: formats.shape_dir)")
-    target = models.cache_dir() / "quant" / f"{spec.slug}-{fmt}-g{group_size}"
+    target = checkpoint_path(spec, fmt, group_size)
     return models._materialize(target, "model.safetensors",
                                lambda tmp: write_checkpoint(spec.path, fmt, tmp, group_size))
