@@ -44,6 +44,9 @@ CPU_ENV = {
     "VLLM_CPU_OMP_THREADS_BIND": os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "nobind"),
     # vLLM drops to 1 thread "for serving" unless told; on a 2-core CI box that halves speed
     "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(os.cpu_count() or 1)),
+    # int4 checkpoints run as their format says (W4A16): on a CPU with AMX, vLLM-CPU would otherwise
+    # quantize the activations to int8 (W4A8) and re-block the weights with fp32 scales
+    "VLLM_CPU_INT4_W4A8": os.environ.get("VLLM_CPU_INT4_W4A8", "0"),
 }
 GPU_ENV = {"VLLM_USE_FLASHINFER_SAMPLER": os.environ.get("VLLM_USE_FLASHINFER_SAMPLER", "0")}
 # a lab's engine reports nothing home: labs run offline (CI, the GPU host) and measure startup

@@ -253,6 +253,32 @@ def measure_linear(
             "flops_per_s": flops / s.p50, "bytes_per_s": nbytes / s.p50, "summary": s}
 
 
+def fp8_matmul_slowdown(tokens: int = 16, k: int = 576, n: int = 1536, *, repeats: int = 3) -> dict[str, Any]:
+    """How many times slower an fp8 (e4m3) `torch._scaled_mm` runs than the same bf16 matmul on
+    the CPU, at a decode-like shape. vLLM-CPU's online fp8 per-channel method calls exactly this.
+    PyTorch has a fast fp8 kernel on some CPUs and only a reference loop on others (seen: 190x
+    slower at 1 token, 2,700x at 16, on a Xeon with AMX-BF16/INT8 but no fp8 path): where it is
+    slow, an fp8 setting takes tens of minutes per request, so a lab skips it and says why.
+
+    Warm-up reason: the first call picks (or JIT-compiles) the oneDNN kernel.
+    """
+    import torch
+
+    params.positive_int("tokens", tokens)
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(tokens, k, generator=g)
+    b = torch.randn(n, k, generator=g)
+    a8, b8 = a.to(torch.float8_e4m3fn), b.to(torch.float8_e4m3fn).t()
+    one = torch.ones(1)
+    a16, b16 = a.bfloat16(), b.bfloat16().t()
+    fp8 = timing.summarize(timing.measure(
+        lambda: torch._scaled_mm(a8, b8, scale_a=one, scale_b=one, out_dtype=torch.float32),
+        warmup=1, repeats=repeats, device="cpu", max_seconds=10))
+    bf16 = timing.summarize(timing.measure(lambda: a16 @ b16, warmup=1, repeats=max(repeats, 10), device="cpu"))
+    return {"tokens": tokens, "k": k, "n": n, "fp8_s": fp8.p50, "bf16_s": bf16.p50, "slowdown": fp8.p50 / bf16.p50,
+            "samples": (fp8.n, bf16.n)}
+
+
 def _release(dev: str) -> None:
     """Give cached blocks back to the driver: an engine started later sizes itself from free memory."""
     if dev == "cuda":

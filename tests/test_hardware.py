@@ -51,3 +51,11 @@ def test_microbenchmarks_report_consistent_units():
 def test_microbenchmarks_reject_bad_input(kw, match):
     with pytest.raises(ValueError, match=match):
         hardware.measure_bandwidth(**{"device": "cpu", **kw})
+
+
+def test_fp8_probe_is_a_ratio_of_two_medians():
+    r = hardware.fp8_matmul_slowdown(tokens=2, k=64, n=64, repeats=3)
+    assert r["slowdown"] == pytest.approx(r["fp8_s"] / r["bf16_s"])
+    assert r["samples"][0] >= 3 and r["samples"][1] >= 10
+    with pytest.raises(ValueError, match="tokens"):
+        hardware.fp8_matmul_slowdown(tokens=0)

@@ -294,6 +294,36 @@ def settings_for(prof: Any, part: str = "speed") -> list[Setting]:
     return [BF16, FP8, INT8, W4A16, AWQ, GPTQ]
 
 
+FP8_SLOWDOWN_LIMIT = 20.0  # an fp8 matmul this many times slower than bf16 is a reference loop, not a kernel
+
+
+def runnable(settings: list[Setting], fp8_slowdown: float | None,
+             limit: float = FP8_SLOWDOWN_LIMIT) -> tuple[list[Setting], dict[str, str]]:
+    """The settings to run, and those skipped with the reason. A setting with fp8 weights is
+    skipped where an fp8 matmul runs `limit` times or more slower than bf16 (`fp8_slowdown`, from
+    `hardware.fp8_matmul_slowdown`; None = not measured, as on a GPU, where the engine picks
+    tensor-core kernels): there one request takes minutes, and its speed would say nothing
+    about fp8.
+
+    >>> run, skipped = runnable([BF16, FP8_CH, INT8], 2700.0)
+    >>> [s.name for s in run], list(skipped)
+    (['bf16', 'int8_w8a8'], ['fp8_per_channel'])
+    >>> [s.name for s in runnable([BF16, FP8_CH], 1.4)[0]]
+    ['bf16', 'fp8_per_channel']
+    """
+    if fp8_slowdown is None or fp8_slowdown < limit:
+        return list(settings), {}
+    run, skipped = [], {}
+    for st in settings:
+        if st.scheme.startswith("fp8"):
+            skipped[st.name] = (f"an fp8 matmul runs {fp8_slowdown:,.0f}x slower than bf16 on this CPU (PyTorch has "
+                                f"no fast fp8 kernel for it; the limit is {limit:g}x): one request would take minutes. "
+                                "It runs on CPUs with an fp8 kernel and on GPUs.")
+        else:
+            run.append(st)
+    return run, skipped
+
+
 def kv_variants(prof: Any, best: Setting) -> list[Setting]:
     """The KV-cache settings the lab adds on top of the best weight setting: fp8 on both tiers,
     and int8 per token and head on the CPU (a vLLM-CPU KV dtype).
