@@ -30,7 +30,7 @@ test: $(STAMP)  ## lint, unit tests + every notebook with its DEFAULT parameters
 	$(PY) tools/check_wheel.py
 	LABS_RUN_DIR=$(CURDIR)/runs/test-$(NOW) $(PY) -m pytest -q -p no:cacheprovider \
 	  --doctest-modules labs_lib tests \
-	  --nbval-lax notebooks
+	  --nbval-lax notebooks --durations=15
 
 test-unit: $(STAMP)  ## unit tests and doctests only (seconds, no engine)
 	$(PY) -m pytest -q -p no:cacheprovider --doctest-modules labs_lib tests -m "not slow"
