@@ -53,9 +53,8 @@ def test_microbenchmarks_reject_bad_input(kw, match):
         hardware.measure_bandwidth(**{"device": "cpu", **kw})
 
 
-def test_fp8_probe_is_a_ratio_of_two_medians():
+def test_fp8_probe_times_both_kernels_and_rejects_bad_input():
     r = hardware.fp8_matmul_slowdown(tokens=2, k=64, n=64, repeats=3)
-    assert r["slowdown"] == pytest.approx(r["fp8_s"] / r["bf16_s"])
-    assert r["samples"][0] >= 3 and r["samples"][1] >= 10
+    assert r["fp8_s"] > 0 and r["bf16_s"] > 0 and r["samples"][0] >= 3
     with pytest.raises(ValueError, match="tokens"):
         hardware.fp8_matmul_slowdown(tokens=0)
