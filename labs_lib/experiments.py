@@ -26,7 +26,7 @@ from typing import Any
 from .procs import ManagedProcess, ServerStartError
 from .records import run_dir
 
-WORKERS = ("vllm_batch", "hf_static_batches", "quant_setting", "quant_hf")
+WORKERS = ("vllm_batch", "vllm_sweep", "hf_static_batches", "quant_setting", "quant_hf")
 
 
 class WorkerTimeout(ServerStartError):
@@ -117,6 +117,115 @@ def vllm_batch(model: str, profile: dict[str, Any], prompts: list[list[int]],
     return out
 
 
+def vllm_sweep(model: str, profile: dict[str, Any], workloads: dict[str, dict[str, list]],
+               engine: dict[str, Any], warmup: int = 8, calibrate: list[int] | None = None,
+               calibrate_tokens: int = 32, progress: bool = True) -> dict[str, Any]:
+    """A concurrency sweep on ONE engine (started once with `max_num_seqs` = the largest point).
+
+    `workloads` maps a concurrency C (as a string, JSON keys) to {"prompts", "out_lens"}: each is
+    run with at most C requests in flight (`capped_run`), and the largest C also with every
+    request submitted at once (`"all_at_once"`: the engine's own scheduler fills its
+    `max_num_seqs` slots): the peak the sweep must reach. With `calibrate`, the decode step time
+    at those batch sizes (`decode_step`), the per-step cost a throughput model needs.
+    """
+    from .models import resolve
+    from .tiers import Profile
+
+    spec = resolve(model)
+    prof = Profile.from_dict(profile)
+    from vllm import SamplingParams
+
+    from .engine import offline_llm
+    from .workload import warmup_prompts
+
+    t_start = time.perf_counter()
+    with offline_llm(spec, prof, **engine) as llm:
+        startup = time.perf_counter() - t_start
+        vocab = spec.vocab_size
+        llm.generate([{"prompt_token_ids": p} for p in warmup_prompts(warmup, 16, vocab_size=vocab)],
+                     SamplingParams(max_tokens=8, ignore_eos=True), use_tqdm=False)
+        out: dict[str, Any] = {"startup_s": startup, "points": {}}
+        if calibrate:
+            plen = len(next(iter(workloads.values()))["prompts"][0])
+            out["step_s"] = {str(b): decode_step(llm, b, calibrate_tokens, vocab, prompt_len=plen)
+                             for b in calibrate}
+        order = sorted(workloads, key=int)
+        for i, c in enumerate(order):
+            w = workloads[c]
+            t0 = time.perf_counter()
+            out["points"][c] = capped_run(llm, w["prompts"], w["out_lens"], int(c))
+            if progress:
+                p = out["points"][c]
+                print(f"[{i + 1}/{len(order)}] concurrency {c}: {p['window_tok_s']:,.0f} tok/s steady "
+                      f"({len(w['prompts'])} requests, {time.perf_counter() - t0:.1f} s)", flush=True)
+        w, top = workloads[order[-1]], int(order[-1])
+        out["all_at_once"] = capped_run(llm, w["prompts"], w["out_lens"], len(w["prompts"]),
+                                        slots=engine.get("max_num_seqs") or top)
+        if progress:
+            print(f"all {len(w['prompts'])} requests at once (max_num_seqs {engine.get('max_num_seqs')}): "
+                  f"{out['all_at_once']['window_tok_s']:,.0f} tok/s steady", flush=True)
+    return out
+
+
+def capped_run(llm: Any, prompts: list[list[int]], out_lens: list[int], concurrency: int,
+               slots: int | None = None) -> dict[str, Any]:
+    """Run the requests in order on a running engine with at most `concurrency` in flight: a new
+    one is submitted as soon as one finishes, as a server's clients at a fixed concurrency would.
+    One engine can thus stand for every `max_num_seqs` up to its own (one start, shared graphs).
+    `concurrency` >= len(prompts) submits everything at once: the engine's own scheduler then
+    fills its `slots` (its `max_num_seqs`) from its queue.
+
+    Steady state: from the first finished request (every slot is then refilled as it frees) to
+    the moment no request is left waiting (the last submission, or for the engine's own queue
+    the finish that admits its last request), the engine's own count of generated tokens
+    (`vllm:generation_tokens`) over that window gives `window_tok_s`. `wall_tok_s` counts the
+    whole run, ramp-up and drain included. Each request's TTFT counts from its submission.
+    """
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
+
+    if concurrency < 1:
+        raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+    eng, n = llm.llm_engine, len(prompts)
+    running = min(concurrency, slots or concurrency, n)
+    ids: dict[str, int] = {}
+    rows: list[dict[str, Any] | None] = [None] * n
+    marks: list[tuple[float, int | None]] = []
+
+    def submit(i: int) -> None:
+        sp = SamplingParams(max_tokens=out_lens[i], ignore_eos=True, temperature=0.0,
+                            output_kind=RequestOutputKind.FINAL_ONLY)
+        rid = f"cap{concurrency}-{i}-{time.monotonic_ns()}"
+        rid_engine = eng.add_request(rid, {"prompt_token_ids": prompts[i]}, sp)
+        ids[rid] = ids[rid_engine or rid] = i  # outputs carry ours (vLLM 0.32) or the engine's id
+
+    t0 = time.perf_counter()
+    nxt = min(concurrency, n)
+    for i in range(nxt):
+        submit(i)
+    finished = 0
+    while eng.has_unfinished_requests():
+        for o in eng.step():
+            if not o.finished:
+                continue
+            rows[ids[o.request_id]] = _request_row(o)
+            finished += 1
+            if finished in (1, n - running) and len(marks) < 2:
+                marks.append((time.perf_counter(), engine_counter(llm, "vllm:generation_tokens")))
+            if nxt < n:
+                submit(nxt)
+                nxt += 1
+    wall = time.perf_counter() - t0
+    done = [r for r in rows if r is not None]
+    tokens = sum(r["n_out"] for r in done)
+    window = None
+    if len(marks) == 2 and marks[1][0] > marks[0][0] and None not in (marks[0][1], marks[1][1]):
+        window = {"seconds": marks[1][0] - marks[0][0], "tokens": marks[1][1] - marks[0][1]}
+    return {"concurrency": concurrency, "running": running, "wall_s": wall, "requests": done,
+            "output_tokens": tokens, "wall_tok_s": tokens / wall, "window": window,
+            "window_tok_s": window["tokens"] / window["seconds"] if window else tokens / wall}
+
+
 def _request_row(o: Any, start: float = 0.0) -> dict[str, Any]:
     """A finished request's times; `start`: when its batch was submitted, from the run's start."""
     from .engine import request_times
@@ -152,13 +261,22 @@ def static_batches(llm: Any, prompts: list[list[int]], out_lens: list[int], batc
 def engine_steps(llm: Any) -> int | None:
     """Steps the engine has run so far that returned at least one token: the sample count of its
     `vllm:iteration_tokens_total` histogram; None where the engine does not report it."""
+    return engine_counter(llm, "vllm:iteration_tokens_total")
+
+
+def engine_counter(llm: Any, name: str) -> int | None:
+    """The engine's own count for metric `name` (`LLM.get_metrics()`): a counter's value, or a
+    histogram's sample count; None where the engine does not report it (stats off, older vLLM)."""
     try:
         metrics = llm.get_metrics()
     except (AssertionError, AttributeError):  # stats off ("Stat logging disabled"), or an older vLLM
         return None
     for m in metrics:
-        if m.name == "vllm:iteration_tokens_total" and hasattr(m, "count"):
-            return int(m.count)
+        if m.name == name:
+            if hasattr(m, "count"):
+                return int(m.count)
+            if hasattr(m, "value"):
+                return int(m.value)
     return None
 
 

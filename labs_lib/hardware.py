@@ -20,6 +20,7 @@ import platform
 import re
 import shutil
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -251,6 +252,45 @@ def measure_linear(
     return {"kernel": "linear", "device": dev, "dtype": dtype, "tokens": tokens, "d": d,
             "flops": flops, "bytes": nbytes, "intensity": flops / nbytes,
             "flops_per_s": flops / s.p50, "bytes_per_s": nbytes / s.p50, "summary": s}
+
+
+def measure_decode_gemm(
+    batches: Sequence[int], k: int, n: int, device: str, dtype: str = "bf16", *,
+    max_weight_bytes: float | None = None, warmup: int = 3, repeats: int = 10,
+) -> dict[int, dict[str, float]]:
+    """x[B, k] @ W[k, n] at each batch size B: the matmul a decode step runs, at its real shape.
+
+    The roofline's two ceilings come from a square 8192^3 matmul (compute) and a copy (bandwidth);
+    a decode step's matmul has B rows only, and near the ridge it reaches neither ceiling. Its
+    measured time per weight byte (`seconds` / `weight_bytes`) is the decode-shape ceiling that a
+    model of the step needs. Use k = the model's hidden size and n = its MLP width x layers (all
+    layers' up-projections as one matrix): W is then far larger than any cache, as the weights
+    are for a real step; `max_weight_bytes` (default 2 GiB on a GPU, 256 MiB on a CPU) caps it
+    on small devices. Warm-up reason: the first call of each shape picks its kernel.
+    """
+    import torch
+
+    dev = _device(device)
+    params.positive_ints("batches", list(batches))
+    params.positive_int("k", k)
+    params.positive_int("n", n)
+    dt = _torch_dtype(dtype)
+    elt = torch.finfo(dt).bits // 8
+    cap = max_weight_bytes or ((2 << 30) if dev.startswith("cuda") else (256 << 20))
+    n = max(1, min(n, int(cap // (k * elt))))
+    g = torch.Generator(device=dev).manual_seed(0)
+    w = torch.randn(k, n, device=dev, dtype=dt, generator=g)
+    out = {}
+    for b in batches:
+        x = torch.randn(b, k, device=dev, dtype=dt, generator=g)
+        s = timing.summarize(timing.measure(lambda x=x: x @ w, warmup=warmup, repeats=repeats, device=dev,
+                                            max_seconds=20))
+        out[b] = {"seconds": s.p50, "weight_bytes": float(k * n * elt), "flops": 2.0 * b * k * n,
+                  "weight_bytes_per_s": k * n * elt / s.p50, "flops_per_s": 2.0 * b * k * n / s.p50,
+                  "n": s.n}
+    x = w = None
+    _release(dev)
+    return out
 
 
 def fp8_matmul_slowdown(tokens: int = 16, k: int = 576, n: int = 1536, *, repeats: int = 3) -> dict[str, Any]:

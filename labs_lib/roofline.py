@@ -79,3 +79,120 @@ def prompt_for_prefill_time(cfg: dict[str, Any], seconds: float, flops_per_s: fl
         else:
             hi_n = mid
     return hi_n
+
+
+def step_seconds(step: dict[str, float], bandwidth: float, flops_per_s: float,
+                 overhead: float = 0.0) -> dict[str, Any]:
+    """Price one step (`decode_step` / `prefill`) with measured ceilings.
+
+    memory = bytes / bandwidth, compute = flops / flops_per_s. A step whose kernels overlapped
+    memory traffic and math perfectly would take max(memory, compute); one whose kernels did not
+    overlap at all, memory + compute. Measured decode steps sit between the two, near the sum
+    (each layer's matmuls, then its attention, one kernel after another), so `seconds` = memory +
+    compute + `overhead` (per-step work outside both: launches, scheduling, sampling) is the
+    prediction and `overlapped` the lower bound beside it. `bound_by` names the largest term.
+
+    >>> r = step_seconds({"bytes": 16e9, "flops": 16e9}, bandwidth=2e12, flops_per_s=800e12, overhead=0.001)
+    >>> round(r["seconds"] * 1e3, 2), round(r["overlapped"] * 1e3, 2), r["bound_by"]
+    (9.02, 9.0, 'bandwidth')
+    """
+    params.positive_float("bandwidth", bandwidth)
+    params.positive_float("flops_per_s", flops_per_s)
+    if overhead < 0:
+        raise ValueError(f"overhead must be >= 0 s, got {overhead}")
+    mem, comp = step["bytes"] / bandwidth, step["flops"] / flops_per_s
+    terms = {"bandwidth": mem, "compute": comp, "overhead": overhead}
+    return {"memory_s": mem, "compute_s": comp, "overhead_s": overhead,
+            "seconds": mem + comp + overhead, "overlapped": max(mem, comp) + overhead,
+            "bound_by": max(terms, key=terms.get)}
+
+
+def fit_overhead(points: dict[int, tuple[float, float]]) -> tuple[float, float]:
+    """Per-step overhead = fixed + per_seq x batch, from measured steps that the roofline terms
+    do not explain. `points` maps a batch size to (measured seconds, memory + compute seconds);
+    the smallest and the largest batch give the line (per_seq >= 0, fixed >= 0): launches and
+    scheduling cost per step, and the CPU's bookkeeping per running sequence (which a small model
+    on a fast GPU cannot hide). Every other point is then a prediction, not a fit.
+
+    >>> fixed, per_seq = fit_overhead({1: (0.0030, 0.0010), 64: (0.0050, 0.0015), 256: (0.0080, 0.0020)})
+    >>> round(fixed * 1e3, 3), round(per_seq * 1e6, 2)  # ms, us per sequence
+    (1.984, 15.69)
+    """
+    if len(points) < 2:
+        raise ValueError(f"fit_overhead needs measured steps at two batch sizes at least, got {sorted(points)}")
+    lo, hi = min(points), max(points)
+    r_lo, r_hi = (points[b][0] - points[b][1] for b in (lo, hi))
+    per_seq = max(0.0, (r_hi - r_lo) / (hi - lo))
+    fixed = max(0.0, r_lo - per_seq * lo)
+    return fixed, per_seq
+
+
+def predict_step(step: dict[str, float], *, weight_seconds: float, bandwidth: float,
+                 flops_per_s: float, linear_flops: float, overhead: float = 0.0) -> dict[str, Any]:
+    """A step's time from measured ceilings: the weights' matmuls at their measured decode-shape
+    speed (`weight_seconds`: `hardware.measure_decode_gemm` scaled to the model's weight bytes),
+    the KV cache read at the copy bandwidth, the attention's FLOPs (`step` FLOPs minus the
+    matmuls' `linear_flops`) at the matmul ceiling, and the per-step `overhead`. `bound_by`: the
+    largest of bandwidth (weights + KV bytes / bandwidth), compute (FLOPs / ceiling) and overhead.
+
+    >>> step = {"bytes": 17e9, "flops": 1.7e12, "weight_bytes": 16e9, "kv_bytes": 1e9}
+    >>> r = predict_step(step, weight_seconds=0.008, bandwidth=2e12, flops_per_s=800e12,
+    ...                  linear_flops=1.6e12, overhead=0.001)
+    >>> round(r["seconds"] * 1e3, 2), r["bound_by"]
+    (9.63, 'bandwidth')
+    """
+    kv_s = step["kv_bytes"] / bandwidth
+    attn_s = max(0.0, step["flops"] - linear_flops) / flops_per_s
+    terms = {"bandwidth": step["bytes"] / bandwidth, "compute": step["flops"] / flops_per_s,
+             "overhead": overhead}
+    return {"weights_s": weight_seconds, "kv_s": kv_s, "attention_s": attn_s, "overhead_s": overhead,
+            "seconds": weight_seconds + kv_s + attn_s + overhead, "bound_by": max(terms, key=terms.get)}
+
+
+def decode_gemm(cfg: dict[str, Any], batches: Any, device: str, dtype: str = "bf16") -> dict[int, dict[str, float]]:
+    """`hardware.measure_decode_gemm` at this model's shape: B rows of `hidden_size` against a
+    matrix as wide as one token's weights (active parameters / hidden size, capped in bytes).
+    Then `weight_seconds(gemm[B], weight_bytes)` prices a step's weight matmuls at batch B."""
+    from .hardware import measure_decode_gemm
+
+    h = _text_config(cfg)["hidden_size"]
+    return measure_decode_gemm(batches, h, max(1, param_count(cfg)["active"] // h), device, dtype)
+
+
+def weight_seconds(gemm_point: dict[str, float], weight_bytes: float) -> float:
+    """Seconds to run matmuls over `weight_bytes` of weights at the measured speed per weight
+    byte of one `decode_gemm` point (same batch size).
+
+    >>> weight_seconds({"seconds": 0.001, "weight_bytes": 2e9}, 16e9)
+    0.008
+    """
+    return gemm_point["seconds"] / gemm_point["weight_bytes"] * weight_bytes
+
+
+def serving_step(cfg: dict[str, Any], concurrency: int, prompt_len: int, out_lens: Any,
+                 dtype: str = "bf16") -> dict[str, float]:
+    """The average step of an engine that keeps `concurrency` sequences running in steady state,
+    each request `prompt_len` prompt tokens and `out_lens` outputs (a sample of the workload).
+
+    Every step decodes one token per running sequence; each finished request's slot takes a new
+    prompt, so on average a step also prefills concurrency x prompt_len / mean(out_lens) prompt
+    tokens. The context a decode token reads is the token-weighted mean (long requests hold more
+    of the steps). `rows`: tokens the step's matmuls multiply (decode + prefill), for
+    `hardware.measure_decode_gemm`; `linear_flops`: their FLOPs (the rest is attention).
+
+    >>> from labs_lib.models import load_config
+    >>> s = serving_step(load_config("Llama-3.1-8B"), 8, prompt_len=256, out_lens=[32, 96])
+    >>> s["rows"], s["context"]  # 8 decode + 8 x 256 / 64 prefill tokens; 256 + (32*31/2 + 96*95/2) / 128
+    (40.0, 295.5)
+    """
+    params.positive_int("concurrency", concurrency)
+    params.positive_int("prompt_len", prompt_len)
+    lens = [params.positive_int("out_lens item", n) for n in out_lens]
+    mean_out = sum(lens) / len(lens)
+    context = prompt_len + sum(n * (n - 1) / 2 for n in lens) / sum(lens)
+    dec = decode_step(cfg, concurrency, max(1, round(context)), dtype)
+    prompts_per_step = concurrency / mean_out
+    rows = concurrency + prompts_per_step * prompt_len
+    flops = dec["flops"] + prefill(cfg, prompt_len, dtype)["flops"] * prompts_per_step
+    return {**dec, "flops": flops, "rows": rows, "context": context,
+            "linear_flops": 2.0 * param_count(cfg)["active"] * rows, "intensity": flops / dec["bytes"]}
