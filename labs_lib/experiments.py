@@ -126,7 +126,8 @@ def vllm_sweep(model: str, profile: dict[str, Any], workloads: dict[str, dict[st
     run with at most C requests in flight (`capped_run`), and the largest C also with every
     request submitted at once (`"all_at_once"`: the engine's own scheduler fills its
     `max_num_seqs` slots): the peak the sweep must reach. With `calibrate`, the decode step time
-    at those batch sizes (`decode_step`), the per-step cost a throughput model needs.
+    at those batch sizes with 16-token prompts (`step_s`: the per-step overhead a throughput model
+    needs) and at the largest with the workload's prompt length (`step_kv`: its KV read rate).
     """
     from .models import resolve
     from .tiers import Profile
@@ -145,10 +146,12 @@ def vllm_sweep(model: str, profile: dict[str, Any], workloads: dict[str, dict[st
         llm.generate([{"prompt_token_ids": p} for p in warmup_prompts(warmup, 16, vocab_size=vocab)],
                      SamplingParams(max_tokens=8, ignore_eos=True), use_tqdm=False)
         out: dict[str, Any] = {"startup_s": startup, "points": {}}
-        if calibrate:
+        if calibrate:  # at a 16-token context (the overhead), then at the workload's (its KV reads)
             plen = len(next(iter(workloads.values()))["prompts"][0])
-            out["step_s"] = {str(b): decode_step(llm, b, calibrate_tokens, vocab, prompt_len=plen)
+            out["step_s"] = {str(b): decode_step(llm, b, calibrate_tokens, vocab, prompt_len=16)
                              for b in calibrate}
+            out["step_kv"] = {"batch": max(calibrate), "context": plen,
+                              "seconds": decode_step(llm, max(calibrate), calibrate_tokens, vocab, prompt_len=plen)}
         order = sorted(workloads, key=int)
         for i, c in enumerate(order):
             w = workloads[c]
@@ -287,10 +290,13 @@ def _delta(before: int | None, after: int | None) -> int | None:
 def decode_step(llm: Any, batch: int, tokens: int, vocab_size: int, repeats: int = 3,
                 prompt_len: int = 16) -> float:
     """Median decode step time with `batch` sequences running together (`prompt_len`-token
-    prompts, `tokens` generated), from the engine's timestamps: (last - first token) / (tokens - 1)."""
+    prompts, `tokens` generated), from the engine's timestamps: (last - first token) / (tokens - 1).
+
+    Only the requests prefilled in the last prefill step count: when the prompts take several
+    steps (batch x prompt_len above the step's token budget), the requests that started earlier
+    decode during the others' prefill steps, and those steps cost far more than a decode step."""
     from vllm import SamplingParams
 
-    from .engine import request_times
     from .workload import token_prompts
 
     sp = SamplingParams(max_tokens=tokens, ignore_eos=True, temperature=0.0)
@@ -298,7 +304,9 @@ def decode_step(llm: Any, batch: int, tokens: int, vocab_size: int, repeats: int
     for r in range(repeats):
         ps = token_prompts(batch, prompt_len, vocab_size=vocab_size, seed=10_000 + 97 * batch + r)
         outs = llm.generate([{"prompt_token_ids": p} for p in ps], sp, use_tqdm=False)
-        steps += [request_times(o)["decode"] / (tokens - 1) for o in outs]
+        last = max(o.metrics.first_token_ts for o in outs)
+        steps += [(o.metrics.last_token_ts - o.metrics.first_token_ts) / (tokens - 1)
+                  for o in outs if o.metrics.first_token_ts >= last - 1e-6]
     return float(sorted(steps)[len(steps) // 2])
 
 

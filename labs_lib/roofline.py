@@ -128,10 +128,12 @@ def fit_overhead(points: dict[int, tuple[float, float]]) -> tuple[float, float]:
 
 
 def predict_step(step: dict[str, float], *, weight_seconds: float, bandwidth: float,
-                 flops_per_s: float, linear_flops: float, overhead: float = 0.0) -> dict[str, Any]:
+                 flops_per_s: float, linear_flops: float, overhead: float = 0.0,
+                 kv_bandwidth: float | None = None) -> dict[str, Any]:
     """A step's time from measured ceilings: the weights' matmuls at their measured decode-shape
     speed (`weight_seconds`: `hardware.measure_decode_gemm` scaled to the model's weight bytes),
-    the KV cache read at the copy bandwidth, the attention's FLOPs (`step` FLOPs minus the
+    the KV cache read at the copy bandwidth (or at `kv_bandwidth`: the rate measured for the
+    attention kernel's KV reads, which is lower), the attention's FLOPs (`step` FLOPs minus the
     matmuls' `linear_flops`) at the matmul ceiling, and the per-step `overhead`. `bound_by`: the
     largest of bandwidth (weights + KV bytes / bandwidth), compute (FLOPs / ceiling) and overhead.
 
@@ -141,7 +143,7 @@ def predict_step(step: dict[str, float], *, weight_seconds: float, bandwidth: fl
     >>> round(r["seconds"] * 1e3, 2), r["bound_by"]
     (9.63, 'bandwidth')
     """
-    kv_s = step["kv_bytes"] / bandwidth
+    kv_s = step["kv_bytes"] / (kv_bandwidth or bandwidth)
     attn_s = max(0.0, step["flops"] - linear_flops) / flops_per_s
     terms = {"bandwidth": step["bytes"] / bandwidth, "compute": step["flops"] / flops_per_s,
              "overhead": overhead}
@@ -174,25 +176,22 @@ def serving_step(cfg: dict[str, Any], concurrency: int, prompt_len: int, out_len
     """The average step of an engine that keeps `concurrency` sequences running in steady state,
     each request `prompt_len` prompt tokens and `out_lens` outputs (a sample of the workload).
 
-    Every step decodes one token per running sequence; each finished request's slot takes a new
-    prompt, so on average a step also prefills concurrency x prompt_len / mean(out_lens) prompt
-    tokens. The context a decode token reads is the token-weighted mean (long requests hold more
-    of the steps). `rows`: tokens the step's matmuls multiply (decode + prefill), for
-    `hardware.measure_decode_gemm`; `linear_flops`: their FLOPs (the rest is attention).
+    Every step decodes one token per running sequence (the `decode_step` fields, at the
+    token-weighted mean context: long requests hold more of the steps); each finished request's
+    slot takes a new prompt, so on average a step also prefills `prompts_per_step` = concurrency /
+    mean(out_lens) prompts, `prefill_flops` in all. Prefill and decode share the step but not the
+    kind of work: the prefill tokens are compute-bound matmuls, the decode tokens a weight and KV
+    read, and their times add (an engine step runs its kernels one after another).
 
     >>> from labs_lib.models import load_config
     >>> s = serving_step(load_config("Llama-3.1-8B"), 8, prompt_len=256, out_lens=[32, 96])
-    >>> s["rows"], s["context"]  # 8 decode + 8 x 256 / 64 prefill tokens; 256 + (32*31/2 + 96*95/2) / 128
-    (40.0, 295.5)
+    >>> s["prompts_per_step"], s["context"]  # 8 / 64; 256 + (32*31/2 + 96*95/2) / 128
+    (0.125, 295.5)
     """
     params.positive_int("concurrency", concurrency)
     params.positive_int("prompt_len", prompt_len)
     lens = [params.positive_int("out_lens item", n) for n in out_lens]
-    mean_out = sum(lens) / len(lens)
     context = prompt_len + sum(n * (n - 1) / 2 for n in lens) / sum(lens)
-    dec = decode_step(cfg, concurrency, max(1, round(context)), dtype)
-    prompts_per_step = concurrency / mean_out
-    rows = concurrency + prompts_per_step * prompt_len
-    flops = dec["flops"] + prefill(cfg, prompt_len, dtype)["flops"] * prompts_per_step
-    return {**dec, "flops": flops, "rows": rows, "context": context,
-            "linear_flops": 2.0 * param_count(cfg)["active"] * rows, "intensity": flops / dec["bytes"]}
+    per_step = concurrency * len(lens) / sum(lens)
+    return {**decode_step(cfg, concurrency, max(1, round(context)), dtype), "context": context,
+            "prompts_per_step": per_step, "prefill_flops": prefill(cfg, prompt_len, dtype)["flops"] * per_step}
