@@ -34,9 +34,9 @@ from typing import Any
 
 from . import params
 from .models import ModelSpec
-from .procs import ManagedProcess, free_port
+from .procs import ManagedProcess, free_port, scoped_env
 from .records import run_dir
-from .tiers import Profile
+from .tiers import GPU_MEMORY_UTILIZATION, Profile
 
 CPU_ENV = {
     "VLLM_ENABLE_V1_MULTIPROCESSING": "0",   # in-process engine: 3 s start instead of ~66 s
@@ -61,7 +61,7 @@ def engine_kwargs(
     max_num_seqs: int | None = None,
     max_num_batched_tokens: int | None = None,
     enable_prefix_caching: bool = False,
-    gpu_memory_utilization: float = 0.85,
+    gpu_memory_utilization: float = GPU_MEMORY_UTILIZATION,
     dtype: str | None = None,
     seed: int = 0,
     **extra: Any,
@@ -161,7 +161,7 @@ def start_llm(spec: ModelSpec, prof: Profile, **kwargs: Any) -> Any:
     # `vllm.envs` at the end of its construction. On the GPU tier the engine runs in a child
     # process that copied the environment when it started. Restoring afterwards changes nothing
     # the engine sees, and the notebook's environment is its own again.
-    with _scoped_env(env):
+    with scoped_env(env):
         from vllm import LLM
 
         print(f"vLLM engine: {spec.describe()}; dtype {kw['dtype']}", flush=True)
@@ -169,34 +169,6 @@ def start_llm(spec: ModelSpec, prof: Profile, **kwargs: Any) -> Any:
         llm = LLM(**kw)
     print(f"vLLM engine ready in {time.perf_counter() - t0:.1f} s", flush=True)
     return llm
-
-
-@contextlib.contextmanager
-def _scoped_env(env: dict[str, str | None]) -> Iterator[None]:
-    """Set (str) or unset (None) environment variables inside the block; every one gets its
-    previous value back (or is unset again) on exit, errors included.
-
-    >>> os.environ["LABS_X"] = "old"
-    >>> with _scoped_env({"LABS_X": "new", "LABS_Y": "1"}):
-    ...     os.environ["LABS_X"], os.environ["LABS_Y"]
-    ('new', '1')
-    >>> os.environ.pop("LABS_X"), "LABS_Y" in os.environ
-    ('old', False)
-    """
-    old = {k: os.environ.get(k) for k in env}
-    try:
-        for k, v in env.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 @contextlib.contextmanager

@@ -44,7 +44,7 @@ import subprocess
 import sys
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -93,6 +93,35 @@ def describe_exit(code: int) -> str:
 def _normalize(code: int) -> int:
     """Death by signal N as 128+N, as a shell reports it (Popen gives -N)."""
     return 128 - code if code < 0 else code
+
+
+@contextlib.contextmanager
+def scoped_env(env: dict[str, str | None]) -> Iterator[None]:
+    """Set (str) or unset (None) environment variables inside the block; every one gets its
+    previous value back (or is unset again) on exit, errors included. The library's one way to
+    change `os.environ`: nothing it does leaves the caller's environment changed for good.
+
+    >>> os.environ["LABS_X"] = "old"
+    >>> with scoped_env({"LABS_X": "new", "LABS_Y": "1"}):
+    ...     os.environ["LABS_X"], os.environ["LABS_Y"]
+    ('new', '1')
+    >>> os.environ.pop("LABS_X"), "LABS_Y" in os.environ
+    ('old', False)
+    """
+    old = {k: os.environ.get(k) for k in env}
+    try:
+        for k, v in env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def free_port() -> int:

@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import nbparams
+from .procs import scoped_env
 from .records import REPO_ROOT, BadRecordsWarning, load
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
@@ -289,7 +290,13 @@ def main(argv: list[str] | None = None) -> int:
     nbs = discover([s.strip() for s in args.only.split(",") if s.strip()], Path(args.notebooks))
     plan = check_params(nbs, parse_params(args.param))
     prepare_out(out)  # only now: a typo above leaves no empty run folder behind
-    os.environ["LABS_RUN_DIR"] = str(out)
+    # the notebooks' kernels inherit the run folder; a caller in Python keeps its own environment
+    with scoped_env({"LABS_RUN_DIR": str(out)}):
+        return _run(out, nbs, plan)
+
+
+def _run(out: Path, nbs: list[Path], plan: nbparams.Plan) -> int:
+    """Run `nbs` in order into `out` (checked and created by `main`) and write the summary."""
     print(f"perf-labs: {len(nbs)} notebooks -> {out}", flush=True)
     for note in plan.notes:
         print(f"  {note}", flush=True)

@@ -37,6 +37,7 @@ from . import kvcache, models, params
 LADDER = ("Llama-3.1-8B", "Llama-3.2-3B", "Llama-3.2-1B", "Qwen2.5-0.5B")
 WEIGHT_SHARE = 0.45  # the default model's weights use at most this share of GPU memory
 MIN_KV_TOKENS = 16 * 4096  # ... and leave KV room for at least this many tokens
+GPU_MEMORY_UTILIZATION = 0.85  # the engine's default (engine.engine_kwargs), which plans assume
 CPU_MODEL = models.SMOLLM2
 GiB = 2**30
 
@@ -136,7 +137,7 @@ def default_model(prof: Profile) -> str:
     for name in LADDER:
         cfg = models.load_config(name)
         weights = models.weight_bytes(cfg, prof.short_dtype)
-        kv = (prof.gpu_memory or 0) * 0.85 - weights - overhead_bytes(prof)
+        kv = _gpu_kv_budget(prof, weights, GPU_MEMORY_UTILIZATION)
         if (weights <= WEIGHT_SHARE * (prof.gpu_memory or 0)
                 and kv >= MIN_KV_TOKENS * kvcache.kv_bytes_per_token(cfg, prof.short_dtype)):
             return name
@@ -174,7 +175,15 @@ def overhead_bytes(prof: Profile) -> float:
     return 2 * GiB + 0.03 * (prof.gpu_memory or 0)
 
 
-def plan(prof: Profile, spec: models.ModelSpec, *, gpu_memory_utilization: float = 0.85,
+def _gpu_kv_budget(prof: Profile, weights: float, gpu_memory_utilization: float) -> float:
+    """Bytes a GPU leaves for the KV cache: `kvcache.kv_budget` (memory x utilization minus
+    the rest) with `overhead_bytes` standing for everything that is not weights."""
+    return kvcache.kv_budget(prof.gpu_memory or 0, gpu_memory_utilization, weights=weights,
+                             non_torch=overhead_bytes(prof))
+
+
+def plan(prof: Profile, spec: models.ModelSpec, *,
+         gpu_memory_utilization: float = GPU_MEMORY_UTILIZATION,
          cpu_kv_bytes: float = 1 * GiB, kv_dtype: str | None = None) -> Plan:
     """Estimate the KV tokens `spec` gets on `prof` (GPU: at `gpu_memory_utilization`; CPU: an
     explicit KV budget of `cpu_kv_bytes`, as the CPU tier runs).
@@ -188,7 +197,7 @@ def plan(prof: Profile, spec: models.ModelSpec, *, gpu_memory_utilization: float
     per_tok = kvcache.kv_bytes_per_token(spec.config, kv_dtype)
     weights = models.weight_bytes(spec.config, prof.short_dtype)
     if prof.gpu:
-        budget = (prof.gpu_memory or 0) * gpu_memory_utilization - weights - overhead_bytes(prof)
+        budget = _gpu_kv_budget(prof, weights, gpu_memory_utilization)
     else:
         budget = cpu_kv_bytes
     return Plan(weights, per_tok, max(0, int(budget // per_tok)), spec.max_model_len)

@@ -125,7 +125,7 @@ def test_scoped_env_sets_unsets_and_restores_even_on_errors(monkeypatch):
     monkeypatch.setenv("LABS_T_DROPPED", "there")
     monkeypatch.delenv("LABS_T_NEW", raising=False)
     with pytest.raises(RuntimeError, match="engine failed"):
-        with engine._scoped_env({"LABS_T_KEPT": "new", "LABS_T_DROPPED": None, "LABS_T_NEW": "1"}):
+        with procs.scoped_env({"LABS_T_KEPT": "new", "LABS_T_DROPPED": None, "LABS_T_NEW": "1"}):
             assert os.environ["LABS_T_KEPT"] == "new" and os.environ["LABS_T_NEW"] == "1"
             assert "LABS_T_DROPPED" not in os.environ
             raise RuntimeError("engine failed")

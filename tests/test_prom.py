@@ -60,11 +60,17 @@ def test_server_summary_of_the_captured_phase(phase):
     before, after, d = phase
     s = prom.summary_from_delta(before, after, unit_scale=1e3)
     assert (s["requests"], s["prompt_tokens"], s["generation_tokens"], s["preemptions"]) == (5, 320, 40, 0)
-    assert s["ttft_mean"] == pytest.approx(1e3 * d.histogram_mean("vllm:time_to_first_token_seconds"))
-    assert 0 < s["itl_p50"] <= s["itl_p99"] and 0 < s["e2e_mean"]
+    # from the captured pages (the `before` histograms are empty): TTFT _sum 0.93143... s over
+    # _count 5; p50 = rank 2.5 of 5, in the (0.1, 0.25] bucket that holds samples 2..5
+    assert s["ttft_mean"] == pytest.approx(1e3 * 0.9314336776733398 / 5)
+    assert s["ttft_p50"] == pytest.approx(1e3 * (0.1 + 0.15 * (2.5 - 1) / (5 - 1)))
+    # ITL: 35 gaps, p50 = rank 17.5 in the (0.01, 0.025] bucket that holds the first 29
+    assert s["itl_p50"] == pytest.approx(1e3 * (0.01 + 0.015 * 17.5 / 29))
+    assert s["e2e_mean"] == pytest.approx(1e3 * 1.8159544467926025 / 5)
     assert s["e2e_mean"] > s["ttft_mean"]  # 7 more tokens after the first
-    assert prom.server_summary(d) == pytest.approx({k: v / 1e3 if k.endswith(("_mean", "_p50", "_p99"))
-                                                    else v for k, v in s.items()})
+    # unit_scale scales the latencies only (server_summary of the delta: seconds)
+    sec = prom.server_summary(d)
+    assert (sec["ttft_mean"], sec["requests"]) == (pytest.approx(0.9314336776733398 / 5), 5)
 
 
 def test_server_summary_counts_only_requests_that_completed():

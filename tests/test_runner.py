@@ -171,7 +171,8 @@ def test_a_read_only_run_folder_is_one_line_naming_it(labs, tmp_path):
                    "make it writable or pass another --out")
 
 
-def test_typed_parameters_reach_the_notebook_and_bad_records_do_not_abort_the_run(tmp_path, capsys):
+def test_typed_parameters_reach_the_notebook_and_bad_records_do_not_abort_the_run(tmp_path, capsys,
+                                                                                   monkeypatch):
     """-p fast=False arrives as the bool False (not the true string 'False'); a bad line in an
     existing records.jsonl is skipped with a warning, and the summary is written."""
     d = tmp_path / "nbs"
@@ -182,10 +183,13 @@ def test_typed_parameters_reach_the_notebook_and_bad_records_do_not_abort_the_ru
     _lab(d / "01_demo.ipynb", PARAMS,
          "from labs_lib import records\n"
          "records.Recorder('01').headline(f'{type(fast).__name__} {fast} {n!r} {sizes!r}')")
+    monkeypatch.setenv("LABS_RUN_DIR", str(tmp_path / "caller"))
     code = runner.main(["--out", str(out), "--notebooks", str(d), "-p", "fast=False",
                         "-p", "n=3", "-p", "sizes=[1,2]"])
     printed = capsys.readouterr().out
     assert code == 0, printed
+    # the kernel wrote into --out (below), yet the caller's environment is its own again
+    assert os.environ["LABS_RUN_DIR"] == str(tmp_path / "caller")
     summary = json.loads((out / "summary.json").read_text())
     assert summary[0]["status"] == "ok" and summary[0]["headline"] == "bool False 3 [1, 2]"
     assert (out / "summary.md").exists()

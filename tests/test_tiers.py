@@ -23,8 +23,12 @@ EXPECTED_MODEL = {"T4": "Llama-3.2-1B", "L4": "Llama-3.2-3B", "A10G": "Llama-3.2
 def test_dtype_follows_the_gpu_generation(gpu):
     prof = tiers.for_gpu(*GPUS[gpu])
     assert prof.dtype == ("float16" if gpu == "T4" else "bfloat16")
-    kw = engine.engine_kwargs(models.resolve("Llama-3.2-1B"), prof, max_model_len=1024)
-    assert kw["dtype"] == prof.dtype and kw["gpu_memory_utilization"] == 0.85
+    spec = models.resolve("Llama-3.2-1B")
+    kw = engine.engine_kwargs(spec, prof, max_model_len=1024)
+    assert kw["dtype"] == prof.dtype
+    # the plan assumes the utilization the engine starts with by default
+    assert tiers.plan(prof, spec) == tiers.plan(
+        prof, spec, gpu_memory_utilization=kw["gpu_memory_utilization"])
 
 
 @pytest.mark.parametrize("gpu", GPUS)
@@ -38,7 +42,8 @@ def test_default_model_fits_with_room_for_kv(gpu):
     assert plan.weights_bytes <= tiers.WEIGHT_SHARE * prof.gpu_memory
     assert plan.kv_tokens >= 16 * 4096, (gpu, name, plan)
     # and the estimate never promises more than memory x utilization minus weights
-    assert plan.kv_tokens * plan.kv_bytes_per_token < 0.85 * prof.gpu_memory - plan.weights_bytes
+    assert (plan.kv_tokens * plan.kv_bytes_per_token
+            < tiers.GPU_MEMORY_UTILIZATION * prof.gpu_memory - plan.weights_bytes)
 
 
 def test_plan_matches_what_vllm_allocated_on_the_h100():

@@ -32,6 +32,7 @@ from typing import Any
 
 from .. import kvcache, models, roofline, workload
 from ..engine import request_times
+from ..procs import scoped_env
 from . import formats, quality, rtn
 
 _IDS = itertools.count()
@@ -244,11 +245,12 @@ def run_setting(model: str, profile: dict[str, Any], setting: dict[str, Any], gr
         kw["quantization"] = st.quantization
     if st.kv_cache_dtype != "auto":
         kw["kv_cache_dtype"] = st.kv_cache_dtype
-    os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")  # apply_model across processes
     out: dict[str, Any] = {"setting": st.to_dict(), "model_path": target.path,
                            "random_weights": target.random_weights, "prepare_s": prepare_s}
     t0 = time.perf_counter()
-    with offline_llm(target, prof, **kw) as llm:
+    # apply_model sends a pickled function to the engine: allowed for the engine's whole life
+    # (vLLM may read the variable at any call, not only at start-up), restored after it
+    with scoped_env({"VLLM_ALLOW_INSECURE_SERIALIZATION": "1"}), offline_llm(target, prof, **kw) as llm:
         out["startup_s"] = time.perf_counter() - t0
         out["weights"] = llm.apply_model(engine_weight_bytes)[0]
         info = cache_info(llm)

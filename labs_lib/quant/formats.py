@@ -338,19 +338,6 @@ def kv_variants(prof: Any, best: Setting) -> list[Setting]:
             for short, kv in kinds]
 
 
-def kv_bytes_per_element(kv_cache_dtype: str, model_dtype: str = "bf16") -> int:
-    """Bytes of one K or V element in the cache ('auto' = the model dtype).
-
-    >>> kv_bytes_per_element("auto"), kv_bytes_per_element("fp8")
-    (2, 1)
-    """
-    if kv_cache_dtype == "auto":
-        return int(models.BYTES_PER_PARAM[model_dtype])
-    if kv_cache_dtype.startswith(("fp8", "int8")):
-        return 1
-    raise ValueError(f"unknown kv_cache_dtype {kv_cache_dtype!r}")
-
-
 # ------------------------------------------------------------------ shape models, quantized
 
 def shape_dir(spec: models.ModelSpec, setting: Setting, group_size: int) -> Path:
