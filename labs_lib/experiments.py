@@ -127,7 +127,8 @@ def vllm_sweep(model: str, profile: dict[str, Any], workloads: dict[str, dict[st
     request submitted at once (`"all_at_once"`: the engine's own scheduler fills its
     `max_num_seqs` slots): the peak the sweep must reach. With `calibrate`, the decode step time
     at those batch sizes with 16-token prompts (`step_s`: the per-step overhead a throughput model
-    needs) and at the largest with the workload's prompt length (`step_kv`: its KV read rate).
+    needs) and at the largest with the workload's prompt length (`step_kv`: its KV read rate),
+    and the engine's prefill rate on the largest point's prompts (`prefill`, `prefill_rate`).
     """
     from .models import resolve
     from .tiers import Profile
@@ -152,6 +153,8 @@ def vllm_sweep(model: str, profile: dict[str, Any], workloads: dict[str, dict[st
                              for b in calibrate}
             out["step_kv"] = {"batch": max(calibrate), "context": plen,
                               "seconds": decode_step(llm, max(calibrate), calibrate_tokens, vocab, prompt_len=plen)}
+            top = workloads[str(max(int(c) for c in workloads))]["prompts"]
+            out["prefill"] = prefill_rate(llm, top)
         order = sorted(workloads, key=int)
         for i, c in enumerate(order):
             w = workloads[c]
@@ -308,6 +311,19 @@ def decode_step(llm: Any, batch: int, tokens: int, vocab_size: int, repeats: int
         steps += [(o.metrics.last_token_ts - o.metrics.first_token_ts) / (tokens - 1)
                   for o in outs if o.metrics.first_token_ts >= last - 1e-6]
     return float(sorted(steps)[len(steps) // 2])
+
+
+def prefill_rate(llm: Any, prompts: list[list[int]]) -> dict[str, float]:
+    """Prompt tokens per second when the engine does nothing but prefill: every prompt at once,
+    one output token each (sampled in the prefill step), timed by the engine's own timestamps
+    from the first scheduled prompt to the last first token."""
+    from vllm import SamplingParams
+
+    outs = llm.generate([{"prompt_token_ids": p} for p in prompts],
+                        SamplingParams(max_tokens=1, ignore_eos=True, temperature=0.0), use_tqdm=False)
+    span = max(o.metrics.first_token_ts for o in outs) - min(o.metrics.scheduled_ts for o in outs)
+    tokens = sum(len(p) for p in prompts)
+    return {"tokens": tokens, "seconds": span, "tokens_per_s": tokens / span}
 
 
 def hf_static_batches(model: str, profile: dict[str, Any], prompts: list[list[int]],
