@@ -20,6 +20,7 @@ import platform
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -256,7 +257,7 @@ def measure_linear(
 
 def measure_decode_gemm(
     batches: Sequence[int], k: int, n: int, device: str, dtype: str = "bf16", *,
-    max_weight_bytes: float | None = None, warmup: int = 3, repeats: int = 10,
+    max_weight_bytes: float | None = None, warmup: int = 3, repeats: int = 15,
 ) -> dict[int, dict[str, float]]:
     """x[B, k] @ W[k, n] at each batch size B: the matmul a decode step runs, at its real shape.
 
@@ -266,7 +267,8 @@ def measure_decode_gemm(
     model of the step needs. Use k = the model's hidden size and n = its MLP width x layers (all
     layers' up-projections as one matrix): W is then far larger than any cache, as the weights
     are for a real step; `max_weight_bytes` (default 2 GiB on a GPU, 256 MiB on a CPU) caps it
-    on small devices. Warm-up reason: the first call of each shape picks its kernel.
+    on small devices. Warm-up reason: the first call of each shape picks its kernel. The repeats
+    run interleaved over the batch sizes (repeat r of every shape before repeat r + 1).
     """
     import torch
 
@@ -280,15 +282,26 @@ def measure_decode_gemm(
     n = max(1, min(n, int(cap // (k * elt))))
     g = torch.Generator(device=dev).manual_seed(0)
     w = torch.randn(k, n, device=dev, dtype=dt, generator=g)
+    xs = {b: torch.randn(b, k, device=dev, dtype=dt, generator=g) for b in batches}
+    for x in xs.values():
+        for _ in range(warmup):
+            x @ w
+    samples: dict[int, list[float]] = {b: [] for b in xs}
+    for _ in range(repeats):  # interleaved: a slow stretch of a busy machine spreads over every shape
+        for b, x in xs.items():
+            timing.synchronize(dev)
+            t0 = time.perf_counter()
+            x @ w
+            timing.synchronize(dev)
+            samples[b].append(time.perf_counter() - t0)
     out = {}
-    for b in batches:
-        x = torch.randn(b, k, device=dev, dtype=dt, generator=g)
-        s = timing.summarize(timing.measure(lambda x=x: x @ w, warmup=warmup, repeats=repeats, device=dev,
-                                            max_seconds=20))
+    for b, ts in samples.items():
+        s = timing.summarize(ts)
         out[b] = {"seconds": s.p50, "weight_bytes": float(k * n * elt), "flops": 2.0 * b * k * n,
                   "weight_bytes_per_s": k * n * elt / s.p50, "flops_per_s": 2.0 * b * k * n / s.p50,
                   "n": s.n}
-    x = w = None
+    xs = {}
+    w = None
     _release(dev)
     return out
 
