@@ -179,7 +179,7 @@ def serving_step(cfg: dict[str, Any], concurrency: int, prompt_len: int, out_len
     Every step decodes one token per running sequence (the `decode_step` fields, at the
     token-weighted mean context: long requests hold more of the steps); each finished request's
     slot takes a new prompt, so on average a step also prefills `prompts_per_step` = concurrency /
-    mean(out_lens) prompts, `prefill_flops` in all. Prefill and decode share the step but not the
+    mean(out_lens) prompts. Prefill and decode share the step but not the
     kind of work: the prefill tokens are compute-bound matmuls, the decode tokens a weight and KV
     read, and their times add (an engine step runs its kernels one after another).
 
@@ -194,4 +194,4 @@ def serving_step(cfg: dict[str, Any], concurrency: int, prompt_len: int, out_len
     context = prompt_len + sum(n * (n - 1) / 2 for n in lens) / sum(lens)
     per_step = concurrency * len(lens) / sum(lens)
     return {**decode_step(cfg, concurrency, max(1, round(context)), dtype), "context": context,
-            "prompts_per_step": per_step, "prefill_flops": prefill(cfg, prompt_len, dtype)["flops"] * per_step}
+            "prompts_per_step": per_step}

@@ -45,7 +45,6 @@ def test_serving_step_prefill_share_and_context():
     s = roofline.serving_step(cfg, 64, prompt_len=512, out_lens=[128] * 4)
     assert s["prompts_per_step"] == pytest.approx(0.5)  # 64 slots, each freed every 128 steps
     assert s["context"] == pytest.approx(512 + 127 / 2)
-    assert s["prefill_flops"] == pytest.approx(0.5 * roofline.prefill(cfg, 512)["flops"])
     d = roofline.decode_step(cfg, 64, round(s["context"]))
     assert s["bytes"] == d["bytes"] and s["kv_bytes"] == d["kv_bytes"]
 
