@@ -6,8 +6,8 @@ which runs the worker `name` below in a new Python process (under labs_lib.procs
 with its owner), passes arguments and results as JSON, and keeps the worker's log in the run
 folder.
 
-    out = run_isolated("vllm_batch", model=spec.source, profile=prof.to_dict(),
-                       prompts=[[1, 2, 3]], out_lens=[8],
+    out = run_isolated("vllm_sweep", model=spec.source, profile=prof.to_dict(),
+                       workloads={"4": {"prompts": [[1, 2, 3]] * 8, "out_lens": [8] * 8}},
                        engine={"max_num_seqs": 4, "max_model_len": 256})
 
 Workers get the model as `spec.source` (what `models.resolve` takes to give the same spec) and
@@ -26,7 +26,7 @@ from typing import Any
 from .procs import ManagedProcess, ServerStartError
 from .records import run_dir
 
-WORKERS = ("vllm_batch", "vllm_sweep", "hf_static_batches", "quant_setting", "quant_hf")
+WORKERS = ("vllm_sweep", "hf_static_batches", "quant_setting", "quant_hf")
 
 
 class WorkerTimeout(ServerStartError):
@@ -73,53 +73,10 @@ def _run_once(name: str, timeout: float, kwargs: dict[str, Any]) -> dict[str, An
     return json.loads(result.read_text())
 
 
-def vllm_batch(model: str, profile: dict[str, Any], prompts: list[list[int]],
-               out_lens: list[int], engine: dict[str, Any] | None = None,
-               warmup: int = 8, static_batch: int | None = None,
-               calibrate: list[int] | None = None, calibrate_tokens: int = 32) -> dict[str, Any]:
-    """Submit every request at once to an offline vLLM engine (continuous batching decides the
-    order); per-request TTFT / TPOT / E2E from the engine's own timestamps.
-
-    With `static_batch`, the same engine then runs the same requests as static batches
-    (`static_batches`), so the two schedules share kernels, graphs and warm caches. With
-    `calibrate` (batch sizes), it measures the decode step time at each (`decode_step`), the
-    step-cost line that `labs_lib.batching` prices schedules with."""
-    from .models import resolve
-    from .tiers import Profile
-
-    spec = resolve(model)  # a bad name fails here, before the seconds-long vLLM import
-    prof = Profile.from_dict(profile)
-    from vllm import SamplingParams
-
-    from .engine import offline_llm
-    from .workload import warmup_prompts
-
-    t_start = time.perf_counter()
-    with offline_llm(spec, prof, **(engine or {})) as llm:
-        startup = time.perf_counter() - t_start
-        vocab = spec.vocab_size
-        llm.generate([{"prompt_token_ids": p} for p in warmup_prompts(warmup, 16, vocab_size=vocab)],
-                     SamplingParams(max_tokens=8, ignore_eos=True), use_tqdm=False)
-        sps = [SamplingParams(max_tokens=n, ignore_eos=True, temperature=0.0) for n in out_lens]
-        steps0 = engine_steps(llm)
-        t0 = time.perf_counter()
-        outs = llm.generate([{"prompt_token_ids": p} for p in prompts], sps, use_tqdm=False)
-        wall = time.perf_counter() - t0
-        out = {"wall_s": wall, "startup_s": startup, "requests": [_request_row(o) for o in outs],
-               "output_tokens": sum(len(o.outputs[0].token_ids) for o in outs),
-               "steps": _delta(steps0, engine_steps(llm))}
-        if static_batch:
-            out["static"] = static_batches(llm, prompts, out_lens, static_batch)
-        if calibrate:
-            plen = len(prompts[0]) if prompts else 16  # the workload's context: its KV reads count too
-            out["step_s"] = {str(b): decode_step(llm, b, calibrate_tokens, vocab, prompt_len=plen)
-                             for b in calibrate}
-    return out
-
-
 def vllm_sweep(model: str, profile: dict[str, Any], workloads: dict[str, dict[str, list]],
                engine: dict[str, Any], warmup: int = 8, calibrate: list[int] | None = None,
-               calibrate_tokens: int = 32, progress: bool = True) -> dict[str, Any]:
+               calibrate_tokens: int = 32, progress: bool = True,
+               batching: dict[str, Any] | None = None) -> dict[str, Any]:
     """A concurrency sweep on ONE engine (started once with `max_num_seqs` = the largest point).
 
     `workloads` maps a concurrency C (as a string, JSON keys) to {"prompts", "out_lens"}: each is
@@ -129,6 +86,10 @@ def vllm_sweep(model: str, profile: dict[str, Any], workloads: dict[str, dict[st
     at those batch sizes with 16-token prompts (`step_s`: the per-step overhead a throughput model
     needs) and at the largest with the workload's prompt length (`step_kv`: its KV read rate),
     and the engine's prefill rate on the largest point's prompts (`prefill`, `prefill_rate`).
+
+    With `batching` = {"prompts", "out_lens", "batch", "static": bool}, the same engine first runs
+    `batching_pair` on that workload (`"batching"`): static vs continuous scheduling on the same
+    engine, kernels and graphs. An empty `workloads` runs only that.
     """
     from .models import resolve
     from .tiers import Profile
@@ -147,7 +108,9 @@ def vllm_sweep(model: str, profile: dict[str, Any], workloads: dict[str, dict[st
         llm.generate([{"prompt_token_ids": p} for p in warmup_prompts(warmup, 16, vocab_size=vocab)],
                      SamplingParams(max_tokens=8, ignore_eos=True), use_tqdm=False)
         out: dict[str, Any] = {"startup_s": startup, "points": {}}
-        if calibrate:  # at a 16-token context (the overhead), then at the workload's (its KV reads)
+        if batching:
+            out["batching"] = batching_pair(llm, vocab_size=vocab, **batching)
+        if calibrate and workloads:  # at a 16-token context (the overhead), then at the workload's (its KV reads)
             plen = len(next(iter(workloads.values()))["prompts"][0])
             out["step_s"] = {str(b): decode_step(llm, b, calibrate_tokens, vocab, prompt_len=16)
                              for b in calibrate}
@@ -156,6 +119,8 @@ def vllm_sweep(model: str, profile: dict[str, Any], workloads: dict[str, dict[st
             top = workloads[str(max(int(c) for c in workloads))]["prompts"]
             out["prefill"] = prefill_rate(llm, top)
         order = sorted(workloads, key=int)
+        if not order:
+            return out
         for i, c in enumerate(order):
             w = workloads[c]
             t0 = time.perf_counter()
@@ -196,15 +161,18 @@ def capped_run(llm: Any, prompts: list[list[int]], out_lens: list[int], concurre
     running = min(concurrency, slots or concurrency, n)
     ids: dict[str, int] = {}
     rows: list[dict[str, Any] | None] = [None] * n
+    submitted = [0.0] * n
     marks: list[tuple[float, int | None]] = []
 
     def submit(i: int) -> None:
         sp = SamplingParams(max_tokens=out_lens[i], ignore_eos=True, temperature=0.0,
                             output_kind=RequestOutputKind.FINAL_ONLY)
         rid = f"cap{concurrency}-{i}-{time.monotonic_ns()}"
+        submitted[i] = time.perf_counter() - t0
         rid_engine = eng.add_request(rid, {"prompt_token_ids": prompts[i]}, sp)
         ids[rid] = ids[rid_engine or rid] = i  # outputs carry ours (vLLM 0.32) or the engine's id
 
+    steps0 = engine_steps(llm)
     t0 = time.perf_counter()
     nxt = min(concurrency, n)
     for i in range(nxt):
@@ -214,7 +182,8 @@ def capped_run(llm: Any, prompts: list[list[int]], out_lens: list[int], concurre
         for o in eng.step():
             if not o.finished:
                 continue
-            rows[ids[o.request_id]] = _request_row(o)
+            i = ids[o.request_id]
+            rows[i] = _request_row(o) | {"submitted": submitted[i]}
             finished += 1
             if finished in (1, n - running) and len(marks) < 2:
                 marks.append((time.perf_counter(), engine_counter(llm, "vllm:generation_tokens")))
@@ -229,7 +198,29 @@ def capped_run(llm: Any, prompts: list[list[int]], out_lens: list[int], concurre
         window = {"seconds": marks[1][0] - marks[0][0], "tokens": marks[1][1] - marks[0][1]}
     return {"concurrency": concurrency, "running": running, "wall_s": wall, "requests": done,
             "output_tokens": tokens, "wall_tok_s": tokens / wall, "window": window,
-            "window_tok_s": window["tokens"] / window["seconds"] if window else tokens / wall}
+            "window_tok_s": window["tokens"] / window["seconds"] if window else tokens / wall,
+            "steps": _delta(steps0, engine_steps(llm))}
+
+
+def batching_pair(llm: Any, prompts: list[list[int]], out_lens: list[int], batch: int,
+                  vocab_size: int, static: bool = True, calibrate_tokens: int = 32) -> dict[str, Any]:
+    """Continuous vs static batching of one workload on a running engine, `batch` sequences at
+    most: `"continuous"` (`capped_run`: a freed slot is refilled with the next request) with each
+    request's TTFT and E2E counted from t = 0 (every request arrived then; the client held the
+    ones beyond `batch`); with `static`, also `"static"` (`static_batches`) and `"step_s"`: the
+    decode step time at 1 and `batch` sequences with the workload's prompt length
+    (`decode_step`), the step-cost line that `labs_lib.batching` prices both schedules with."""
+    cont = capped_run(llm, prompts, out_lens, batch)
+    cont["requests"] = [r | {"ttft": r["submitted"] + r["ttft"], "e2e": r["submitted"] + r["e2e"]}
+                        for r in cont["requests"]]
+    out = {"continuous": cont}
+    if static:
+        out["static"] = static_batches(llm, prompts, out_lens, batch)
+    if static:
+        plen = len(prompts[0]) if prompts else 16
+        out["step_s"] = {str(b): decode_step(llm, b, calibrate_tokens, vocab_size, prompt_len=plen)
+                         for b in sorted({1, batch})}
+    return out
 
 
 def _request_row(o: Any, start: float = 0.0) -> dict[str, Any]:

@@ -15,6 +15,18 @@ budget=${1:?usage: tools/gpu_series.sh BUDGET_S LABEL:NN[:params] ...}; shift
 : "${OUT:?set OUT to the folder that collects the run folders}"
 min_left=${MIN_LEFT:-60}
 start=$(date +%s)
+# Bytecode, once: a host whose Python writes no .pyc files (PYTHONDONTWRITEBYTECODE in its image,
+# a site unpacked without them) compiles every module it imports from source, in every process;
+# each vLLM start imports torch, transformers and vLLM twice (the notebook's worker or the server,
+# then its engine core). PRECOMPILE=0 skips this.
+if [ "${PRECOMPILE:-1}" = 1 ]; then
+  site=$(python3 -c 'import importlib.util as u, pathlib as p; print(p.Path(u.find_spec("torch").origin).parents[1])' 2>/dev/null)
+  IFS=: read -ra dirs <<<"${PYTHONPATH:-}"
+  for d in "${dirs[@]}" $site; do
+    [ -d "$d" ] && python3 -m compileall -q -j 0 "$d" >/dev/null 2>&1
+  done
+  echo "bytecode compiled in $(( $(date +%s) - start )) s (${dirs[*]} $site)"
+fi
 for job in "$@"; do
   IFS=: read -r label nb params <<<"$job"
   left=$(( budget - ($(date +%s) - start) ))
