@@ -61,5 +61,6 @@ def setup(seed: int = 0) -> dict[str, str]:
     plots.style()
     from . import contention
 
-    contention.warn_if_busy()  # printed in the notebook: timings taken now would be flagged
+    state = contention.warn_if_busy()  # printed in the notebook: timings taken now would be flagged
+    contention.fit_threads(state)  # no more threads than free cores: a waiting thread stalls them all
     return {"run_dir": str(records.run_dir())}

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import params
+from . import contention, params
 from .models import ModelSpec
 from .procs import ManagedProcess, free_port, scoped_env
 from .records import run_dir
@@ -42,8 +42,6 @@ CPU_ENV = {
     "VLLM_ENABLE_V1_MULTIPROCESSING": "0",   # in-process engine: 3 s start instead of ~66 s
     "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),  # GiB
     "VLLM_CPU_OMP_THREADS_BIND": os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "nobind"),
-    # vLLM drops to 1 thread "for serving" unless told; on a 2-core CI box that halves speed
-    "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(os.cpu_count() or 1)),
     # int4 checkpoints run as their format says (W4A16): on a CPU with AMX, vLLM-CPU would otherwise
     # quantize the activations to int8 (W4A8) and re-block the weights with fp32 scales
     "VLLM_CPU_INT4_W4A8": os.environ.get("VLLM_CPU_INT4_W4A8", "0"),
@@ -161,6 +159,8 @@ def start_llm(spec: ModelSpec, prof: Profile, **kwargs: Any) -> Any:
     # `vllm.envs` at the end of its construction. On the GPU tier the engine runs in a child
     # process that copied the environment when it started. Restoring afterwards changes nothing
     # the engine sees, and the notebook's environment is its own again.
+    if not prof.gpu:  # the in-process engine computes on this process's thread pool
+        contention.fit_threads()
     with scoped_env(env):
         from vllm import LLM
 
@@ -187,6 +187,10 @@ def _engine_env(kw: dict[str, Any], prof: Profile) -> dict[str, str]:
     """Environment for an engine. An explicit `kv_cache_memory_bytes` wins over the CPU
     backend's legacy VLLM_CPU_KVCACHE_SPACE, which would otherwise override it."""
     env = {**COMMON_ENV, **(GPU_ENV if prof.gpu else CPU_ENV)}
+    if not prof.gpu:
+        # vLLM drops to 1 thread "for serving" unless told (on a 2-core CI box that halves its
+        # speed); more threads than free cores stall every step (contention.threads)
+        env["OMP_NUM_THREADS"] = str(contention.threads())
     if "kv_cache_memory_bytes" in kw:
         env.pop("VLLM_CPU_KVCACHE_SPACE", None)
     return env

@@ -108,3 +108,24 @@ def test_setup_says_so_when_busy(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "WARNING: this machine is busy with other work (other processes used 1.9 of 2 cores" in err
     assert "marked busy in the records" in err
+
+
+def test_threads_are_the_free_cores_unless_omp_num_threads_says(monkeypatch):
+    busy = contention.State(True, ["x"], cores=4, foreign_cores=2.6)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert contention.threads(busy) == 1  # 4 cores, 2.6 of them used by others -> round(2.6) = 3 taken
+    assert contention.threads(contention.State(True, ["x"], cores=2, foreign_cores=5.0)) == 1  # never 0
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert contention.threads(busy) == 3
+
+
+def test_fit_threads_sizes_torch_even_after_vllm_replaced_its_setter(monkeypatch):
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # what vLLM-CPU leaves behind
+    try:
+        assert contention.fit_threads(contention.State(True, ["x"], cores=2, foreign_cores=1.0)) == 1
+        assert torch.get_num_threads() == 1
+    finally:
+        torch._C.set_num_threads(before)
