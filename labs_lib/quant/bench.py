@@ -185,7 +185,8 @@ def measure_speed(llm: Any, spec: models.ModelSpec, *, decode_tokens: int, prefi
                   concurrencies: list[int], seed: int = 0) -> dict[str, Any]:
     """Batch-1 TPOT (median of the per-step intervals of `repeats` requests; the engine's own
     TPOT per request beside it), prefill time (engine timestamps: scheduled -> first token,
-    median of `repeats`), then the closed loop at each concurrency."""
+    median of `repeats`), then the closed loop at each distinct concurrency (one entry per
+    element of `concurrencies`: a repeated level shares its run)."""
     import numpy as np
 
     vocab = spec.vocab_size
@@ -202,7 +203,9 @@ def measure_speed(llm: Any, spec: models.ModelSpec, *, decode_tokens: int, prefi
                                                   seed=seed + 100 + r), max_tokens=1)[0]
         prefill.append(request_times(o)["prefill"])
     prompts = workload.token_prompts(workload_requests, prompt_len, vocab_size=vocab, seed=seed + 999)
-    loops = [closed_loop(llm, prompts, output_len, c) for c in concurrencies]
+    # a level listed twice (the fixed concurrency == the admitted one) is one run, reported twice
+    runs = {c: closed_loop(llm, prompts, output_len, c) for c in dict.fromkeys(concurrencies)}
+    loops = [runs[c] for c in concurrencies]
     pf = roofline.prefill(spec.config, prefill_tokens)
     return {"tpot_s": float(np.median(gaps)), "tpot_steps": len(gaps),
             "tpot_engine_s": float(np.median(engine_tpots)), "tpot_engine_samples": engine_tpots,
