@@ -397,6 +397,10 @@ if __name__ == "__main__":
     worker, args_path, out_path = sys.argv[1:4]
     if worker not in WORKERS:
         sys.exit(f"unknown worker {worker!r}")
+    from .contention import fit_threads
+
+    fit_threads()  # a worker's torch threads on a CPU: no more than the free cores (lab 04's
+    # transformers batches took 7 min instead of 20 s with 2 threads and one core busy elsewhere)
     result = globals()[worker](**json.loads(Path(args_path).read_text()))
     tmp = Path(out_path + ".tmp")
     tmp.write_text(json.dumps(result))

@@ -51,7 +51,8 @@ class Built:
 
 @contextlib.contextmanager
 def faiss_threads(n: int | None) -> Iterator[int]:
-    """Run the block with faiss using `n` OpenMP threads (None: all); restore afterwards.
+    """Run the block with faiss using `n` OpenMP threads (None: one per core that other processes
+    leave free, `labs_lib.contention.threads`); restore afterwards.
 
     >>> with faiss_threads(1) as n:
     ...     n
@@ -59,8 +60,11 @@ def faiss_threads(n: int | None) -> Iterator[int]:
     """
     import faiss
 
+    from ..contention import threads
+
     before = faiss.omp_get_max_threads()
-    n = before if n is None else params.positive_int("threads", n)
+    # "all threads": those of the cores other processes leave free (labs_lib.contention)
+    n = min(before, threads()) if n is None else params.positive_int("threads", n)
     faiss.omp_set_num_threads(n)
     try:
         yield n
