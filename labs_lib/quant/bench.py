@@ -103,6 +103,9 @@ def prepare(spec: models.ModelSpec, setting: formats.Setting, group_size: int) -
 
 
 def _write_checkpoint(source: str, fmt: str, group_size: int) -> None:
+    from ..contention import fit_threads
+
+    fit_threads()  # a fresh interpreter: size its torch threads to the free cores first
     rtn.checkpoint_dir(models.resolve(source), fmt, group_size)
 
 
