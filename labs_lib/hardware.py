@@ -5,6 +5,7 @@
 - `PEAKS` / `published_peak()`: datasheet ceilings (dense, no sparsity) for common GPUs.
 - `measure_bandwidth()`, `measure_matmul()`, `measure_linear()`: microbenchmarks that measure
   what the current device achieves, with warm-up and repeats (see labs_lib.timing).
+- `measure_decode_layers()`: a decode step's weight matmuls, B rows at the model's layer shapes.
 
 >>> published_peak("NVIDIA H100 80GB HBM3").name
 'H100 SXM'
@@ -21,7 +22,7 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +42,8 @@ class Peak:
     fp8_tflops: float | None
     int8_tops: float
     source: str
+    link: str = "PCIe 4.0 x16"  # how two GPUs of this kind talk in the usual server
+    link_gbs: float = 32.0  # GB/s per direction per GPU on that link (datasheet)
 
     @property
     def bandwidth(self) -> float:
@@ -56,21 +59,32 @@ class Peak:
 
 # Datasheets give sparse rates ("with sparsity", marked *) for Ampere and later; these are the
 # dense rates, i.e. half of the starred figures. Order matters: first match wins.
+# Links: NVLink figures are the datasheets' totals (both directions) halved; PCIe x16 is
+# 32 GB/s per direction for gen 4, 64 for gen 5 (16 for gen 3).
 PEAKS: tuple[Peak, ...] = (
+    Peak("B200", r"B200", 180, 8000, 2250, 2250, 4500, 4500,
+         "NVIDIA HGX B200 datasheet (per GPU): 180 GB, 8 TB/s, BF16 4.5* PFLOPS, NVLink 5 1.8 TB/s",
+         "NVLink 5", 900),
     Peak("H200", r"H200", 141, 4800, 989.4, 989.4, 1978.9, 1978.9,
-         "NVIDIA H200 Tensor Core GPU datasheet (SXM): 4.8 TB/s, BF16 1,979* TFLOPS"),
+         "NVIDIA H200 Tensor Core GPU datasheet (SXM): 4.8 TB/s, BF16 1,979* TFLOPS, NVLink 900 GB/s",
+         "NVLink 4", 450),
     Peak("H100 NVL", r"H100 NVL", 94, 3900, 835.5, 835.5, 1670.5, 1670.5,
-         "NVIDIA H100 datasheet, H100 NVL column: 3.9 TB/s, BF16 1,671* TFLOPS"),
+         "NVIDIA H100 datasheet, H100 NVL column: 3.9 TB/s, BF16 1,671* TFLOPS, NVLink bridge 600 GB/s",
+         "NVLink bridge", 300),
     Peak("H100 PCIe", r"H100 PCIe", 80, 2000, 756.5, 756.5, 1513.0, 1513.0,
-         "NVIDIA H100 datasheet, H100 PCIe column: 2.0 TB/s, BF16 1,513* TFLOPS"),
+         "NVIDIA H100 datasheet, H100 PCIe column: 2.0 TB/s, BF16 1,513* TFLOPS, PCIe Gen5 128 GB/s",
+         "PCIe 5.0 x16", 64),
     Peak("H100 SXM", r"H100", 80, 3350, 989.4, 989.4, 1978.9, 1978.9,
-         "NVIDIA H100 datasheet, H100 SXM column: 3.35 TB/s, BF16 1,979* TFLOPS"),
+         "NVIDIA H100 datasheet, H100 SXM column: 3.35 TB/s, BF16 1,979* TFLOPS, NVLink 900 GB/s",
+         "NVLink 4", 450),
     Peak("A100 80GB PCIe", r"A100.*80GB PCIe|A100 80GB PCIe", 80, 1935, 312, 312, None, 624,
-         "NVIDIA A100 datasheet, 80GB PCIe column: 1,935 GB/s, BF16 312 TFLOPS"),
+         "NVIDIA A100 datasheet, 80GB PCIe column: 1,935 GB/s, BF16 312 TFLOPS, PCIe Gen4 64 GB/s"),
     Peak("A100 80GB SXM", r"A100.*80GB", 80, 2039, 312, 312, None, 624,
-         "NVIDIA A100 datasheet, 80GB SXM column: 2,039 GB/s, BF16 312 TFLOPS"),
+         "NVIDIA A100 datasheet, 80GB SXM column: 2,039 GB/s, BF16 312 TFLOPS, NVLink 600 GB/s",
+         "NVLink 3", 300),
     Peak("A100 40GB", r"A100", 40, 1555, 312, 312, None, 624,
-         "NVIDIA A100 datasheet, 40GB SXM column: 1,555 GB/s, BF16 312 TFLOPS"),
+         "NVIDIA A100 datasheet, 40GB SXM column: 1,555 GB/s, BF16 312 TFLOPS, NVLink 600 GB/s",
+         "NVLink 3", 300),
     Peak("L40S", r"L40S", 48, 864, 362.05, 362.05, 733, 733,
          "NVIDIA L40S datasheet: 864 GB/s, BF16 733* TFLOPS, FP8 1,466* TFLOPS"),
     Peak("L4", r"\bL4\b", 24, 300, 121, 121, 242.5, 242.5,
@@ -78,7 +92,8 @@ PEAKS: tuple[Peak, ...] = (
     Peak("A10G", r"A10G|\bA10\b", 24, 600, 125, 125, None, 250,
          "NVIDIA A10 datasheet (AWS publishes no separate A10G tensor rates): 600 GB/s, BF16 250* TFLOPS"),
     Peak("T4", r"\bT4\b", 16, 320, None, 65, None, 130,
-         "NVIDIA T4 datasheet: 320 GB/s, FP16 65 TFLOPS, INT8 130 TOPS; no BF16 (Turing)"),
+         "NVIDIA T4 datasheet: 320 GB/s, FP16 65 TFLOPS, INT8 130 TOPS; no BF16 (Turing); PCIe Gen3 x16",
+         "PCIe 3.0 x16", 16),
 )
 
 
@@ -255,53 +270,86 @@ def measure_linear(
             "flops_per_s": flops / s.p50, "bytes_per_s": nbytes / s.p50, "summary": s}
 
 
-def measure_decode_gemm(
-    batches: Sequence[int], k: int, n: int, device: str, dtype: str = "bf16", *,
+def _interleaved(passes: dict[Any, Callable[[], Any]], dev: str, warmup: int, repeats: int
+                 ) -> dict[Any, timing.Summary]:
+    """Time each of `passes` (a key such as a batch size -> call) `repeats` times, interleaved:
+    repeat r of every pass runs before repeat r + 1 of any, so a slow stretch of a busy machine
+    spreads over every point. Each call is bracketed by a device synchronize and perf_counter; `warmup`
+    untimed calls of each first."""
+    params.non_negative_int("warmup", warmup)
+    params.positive_int("repeats", repeats)
+    for fn in passes.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[Any, list[float]] = {b: [] for b in passes}
+    for _ in range(repeats):
+        for b, fn in passes.items():
+            timing.synchronize(dev)
+            t0 = time.perf_counter()
+            fn()
+            timing.synchronize(dev)
+            samples[b].append(time.perf_counter() - t0)
+    return {b: timing.summarize(ts) for b, ts in samples.items()}
+
+
+def measure_decode_layers(
+    batches: Sequence[int], shapes: Sequence[tuple[int, int]], device: str, dtype: str = "bf16", *,
+    layers: int = 1, head: tuple[int, int] | None = None,
     max_weight_bytes: float | None = None, warmup: int = 3, repeats: int = 15,
 ) -> dict[int, dict[str, float]]:
-    """x[B, k] @ W[k, n] at each batch size B: the matmul a decode step runs, at its real shape.
+    """The weight matmuls of a decode step at batch B, at the model's own layer shapes.
 
-    The roofline's two ceilings come from a square 8192^3 matmul (compute) and a copy (bandwidth);
-    a decode step's matmul has B rows only, and near the ridge it reaches neither ceiling. Its
-    measured time per weight byte (`seconds` / `weight_bytes`) is the decode-shape ceiling that a
-    model of the step needs. Use k = the model's hidden size and n = its MLP width x layers (all
-    layers' up-projections as one matrix): W is then far larger than any cache, as the weights
-    are for a real step; `max_weight_bytes` (default 2 GiB on a GPU, 256 MiB on a CPU) caps it
-    on small devices. Warm-up reason: the first call of each shape picks its kernel. The repeats
-    run interleaved over the batch sizes (repeat r of every shape before repeat r + 1).
+    `shapes`: the (k inputs, n outputs) of one layer's linear layers, fused as vLLM fuses them
+    (`roofline.decode_layer_shapes`). B rows go through every matrix of distinct copies of that
+    layer (each copy is its own memory, so the weights stream from DRAM/HBM as in a real step,
+    not from a cache), and, timed apart, through the `head` matrix (the lm_head, hidden x vocab).
+    `max_weight_bytes` (default 2 GiB on a GPU, 256 MiB on a CPU) caps the copies (at least
+    one); the result is scaled to the model: `seconds` = the copies' time x `layers` / copies +
+    the head's time, `weight_bytes` = layers x one layer's bytes + the head's. So the large
+    lm_head of a model whose layers do not all fit under the cap still counts once, not as a
+    share of the pass. Weights are stored [n, k] and multiplied transposed (`F.linear`), the
+    layout of nn.Linear and vLLM's layers. Warm-up reason: the first call of each shape picks
+    its kernel. Repeats run interleaved over batch sizes (see `_interleaved`).
+
+    Returns, per B: seconds, weight_bytes, flops (2 B k n summed), their rates, `copies` (the
+    layer copies timed) and n (samples per pass).
     """
     import torch
+    import torch.nn.functional as F
 
     dev = _device(device)
     params.positive_ints("batches", list(batches))
-    params.positive_int("k", k)
-    params.positive_int("n", n)
+    shapes = [(params.positive_int("k", k), params.positive_int("n", n)) for k, n in shapes]
+    if not shapes:
+        raise ValueError("shapes must list at least one (k, n) linear layer")
+    layers = params.positive_int("layers", layers)
+    head_shape = [(params.positive_int("head k", head[0]), params.positive_int("head n", head[1]))] if head else []
     dt = _torch_dtype(dtype)
     elt = torch.finfo(dt).bits // 8
     cap = max_weight_bytes or ((2 << 30) if dev.startswith("cuda") else (256 << 20))
-    n = max(1, min(n, int(cap // (k * elt))))
+    layer_elems = sum(k * n for k, n in shapes)
+    copies = min(layers, max(1, int(cap // (layer_elems * elt))))
     g = torch.Generator(device=dev).manual_seed(0)
-    w = torch.randn(k, n, device=dev, dtype=dt, generator=g)
-    xs = {b: torch.randn(b, k, device=dev, dtype=dt, generator=g) for b in batches}
-    for x in xs.values():
-        for _ in range(warmup):
-            x @ w
-    samples: dict[int, list[float]] = {b: [] for b in xs}
-    for _ in range(repeats):  # interleaved: a slow stretch of a busy machine spreads over every shape
-        for b, x in xs.items():
-            timing.synchronize(dev)
-            t0 = time.perf_counter()
-            x @ w
-            timing.synchronize(dev)
-            samples[b].append(time.perf_counter() - t0)
+    body = [torch.randn(n, k, device=dev, dtype=dt, generator=g) for k, n in shapes * copies]
+    lm = [torch.randn(n, k, device=dev, dtype=dt, generator=g) for k, n in head_shape]
+    widths = sorted({k for k, _ in shapes + head_shape})
+    xs = {b: {k: torch.randn(b, k, device=dev, dtype=dt, generator=g) for k in widths} for b in batches}
+
+    def run(ws: list[Any], x: dict[int, Any]) -> None:
+        for w in ws:
+            F.linear(x[w.shape[1]], w)
+
+    passes = {(b, part): (lambda ws=ws, x=x: run(ws, x)) for b, x in xs.items()
+              for part, ws in (("layers", body), ("head", lm)) if ws}
+    stats = _interleaved(passes, dev, warmup, repeats)
+    elems = layer_elems * layers + sum(k * n for k, n in head_shape)
     out = {}
-    for b, ts in samples.items():
-        s = timing.summarize(ts)
-        out[b] = {"seconds": s.p50, "weight_bytes": float(k * n * elt), "flops": 2.0 * b * k * n,
-                  "weight_bytes_per_s": k * n * elt / s.p50, "flops_per_s": 2.0 * b * k * n / s.p50,
-                  "n": s.n}
-    xs = {}
-    w = None
+    for b in xs:
+        secs = stats[(b, "layers")].p50 * layers / copies + (stats[(b, "head")].p50 if lm else 0.0)
+        out[b] = {"seconds": secs, "weight_bytes": float(elems * elt), "flops": 2.0 * b * elems,
+                  "weight_bytes_per_s": elems * elt / secs, "flops_per_s": 2.0 * b * elems / secs,
+                  "copies": copies, "n": stats[(b, "layers")].n}
+    xs, body, lm = {}, [], []
     _release(dev)
     return out
 

@@ -131,7 +131,7 @@ def predict_step(step: dict[str, float], *, weight_seconds: float, bandwidth: fl
                  flops_per_s: float, linear_flops: float, overhead: float = 0.0,
                  kv_bandwidth: float | None = None) -> dict[str, Any]:
     """A step's time from measured ceilings: the weights' matmuls at their measured decode-shape
-    speed (`weight_seconds`: `hardware.measure_decode_gemm` scaled to the model's weight bytes),
+    speed (`weight_seconds`: `decode_gemm` (`hardware.measure_decode_layers`) scaled to the model's weight bytes),
     the KV cache read at the copy bandwidth (or at `kv_bandwidth`: the rate measured for the
     attention kernel's KV reads, which is lower), the attention's FLOPs (`step` FLOPs minus the
     matmuls' `linear_flops`) at the matmul ceiling, and the per-step `overhead`. `bound_by`: the
@@ -151,14 +151,38 @@ def predict_step(step: dict[str, float], *, weight_seconds: float, bandwidth: fl
             "seconds": weight_seconds + kv_s + attn_s + overhead, "bound_by": max(terms, key=terms.get)}
 
 
-def decode_gemm(cfg: dict[str, Any], batches: Any, device: str, dtype: str = "bf16") -> dict[int, dict[str, float]]:
-    """`hardware.measure_decode_gemm` at this model's shape: B rows of `hidden_size` against a
-    matrix as wide as one token's weights (active parameters / hidden size, capped in bytes).
-    Then `weight_seconds(gemm[B], weight_bytes)` prices a step's weight matmuls at batch B."""
-    from .hardware import measure_decode_gemm
+def decode_layer_shapes(cfg: dict[str, Any]) -> list[tuple[str, int, int]]:
+    """(name, inputs k, outputs n) of one decoder layer's linear layers as vLLM runs them: q, k
+    and v fused into `qkv_proj` (hidden x (heads + 2 kv heads) x head_dim), `o_proj`, gate and up
+    fused into `gate_up_proj` (hidden x 2 intermediate), `down_proj`. From
+    `quant.formats.linear_shapes`. An MoE layer lists gate_up and down once per active expert
+    (`num_experts_per_tok`: what one token reads); vLLM runs those in its fused-MoE kernel, not
+    in dense matmuls, so for MoE the shapes are right and the kernel an approximation.
 
-    h = _text_config(cfg)["hidden_size"]
-    return measure_decode_gemm(batches, h, max(1, param_count(cfg)["active"] // h), device, dtype)
+    >>> from labs_lib.models import load_config
+    >>> decode_layer_shapes(load_config("Qwen2.5-0.5B"))  # 14 heads + 2 x 2 kv heads, of 64
+    [('self_attn.qkv_proj', 896, 1152), ('self_attn.o_proj', 896, 896), ('mlp.gate_up_proj', 896, 9728), ('mlp.down_proj', 4864, 896)]
+    """
+    from .quant.formats import linear_shapes
+
+    s = {name.split(".")[-1]: (k, n) for name, k, n, _ in linear_shapes(cfg)}
+    h = s["q_proj"][0]
+    experts = _text_config(cfg).get("num_experts_per_tok") or 1  # as param_count's "active"
+    return [("self_attn.qkv_proj", h, s["q_proj"][1] + s["k_proj"][1] + s["v_proj"][1]),
+            ("self_attn.o_proj", *s["o_proj"])] + [
+            ("mlp.gate_up_proj", h, s["gate_proj"][1] + s["up_proj"][1]), ("mlp.down_proj", *s["down_proj"])] * experts
+
+
+def decode_gemm(cfg: dict[str, Any], batches: Any, device: str, dtype: str = "bf16") -> dict[int, dict[str, float]]:
+    """`hardware.measure_decode_layers` at this model's shapes: B rows through each layer's fused
+    linear layers (`decode_layer_shapes`), one distinct weight copy per layer (as many of the
+    model's layers as the byte cap allows), then the lm_head (hidden x vocab) once per pass.
+    Then `weight_seconds(gemm[B], weight_bytes)` prices a step's weight matmuls at batch B."""
+    from .hardware import measure_decode_layers
+
+    c = _text_config(cfg)
+    return measure_decode_layers(batches, [(k, n) for _, k, n in decode_layer_shapes(cfg)], device, dtype,
+                                 layers=c["num_hidden_layers"], head=(c["hidden_size"], c["vocab_size"]))
 
 
 def weight_seconds(gemm_point: dict[str, float], weight_bytes: float) -> float:
@@ -172,7 +196,7 @@ def weight_seconds(gemm_point: dict[str, float], weight_bytes: float) -> float:
 
 
 def serving_step(cfg: dict[str, Any], concurrency: int, prompt_len: int, out_lens: Any,
-                 dtype: str = "bf16") -> dict[str, float]:
+                 dtype: str = "bf16", max_num_batched_tokens: int | None = None) -> dict[str, float]:
     """The average step of an engine that keeps `concurrency` sequences running in steady state,
     each request `prompt_len` prompt tokens and `out_lens` outputs (a sample of the workload).
 
@@ -181,17 +205,124 @@ def serving_step(cfg: dict[str, Any], concurrency: int, prompt_len: int, out_len
     slot takes a new prompt, so on average a step also prefills `prompts_per_step` = concurrency /
     mean(out_lens) prompts. Prefill and decode share the step but not the
     kind of work: the prefill tokens are compute-bound matmuls, the decode tokens a weight and KV
-    read, and their times add (an engine step runs its kernels one after another).
+    read, and their times add (an engine step runs its kernels one after another). Not every step
+    prefills: `prefill_share` (the share of steps that take a new prompt, given the engine's step
+    token budget `max_num_batched_tokens`) and `prompts_per_prefill_step` come from
+    `prefill_share`; `steady_step_seconds` prices the step from these fields.
 
     >>> from labs_lib.models import load_config
     >>> s = serving_step(load_config("Llama-3.1-8B"), 8, prompt_len=256, out_lens=[32, 96])
     >>> s["prompts_per_step"], s["context"]  # 8 / 64; 256 + (32*31/2 + 96*95/2) / 128
     (0.125, 295.5)
+    >>> round(s["prefill_share"], 4)  # 1 - (1 - 1/64)^8
+    0.1184
     """
     params.positive_int("concurrency", concurrency)
     params.positive_int("prompt_len", prompt_len)
     lens = [params.positive_int("out_lens item", n) for n in out_lens]
     context = prompt_len + sum(n * (n - 1) / 2 for n in lens) / sum(lens)
-    per_step = concurrency * len(lens) / sum(lens)
+    share = prefill_share(concurrency, lens, prompt_len, max_num_batched_tokens)
     return {**decode_step(cfg, concurrency, max(1, round(context)), dtype), "context": context,
-            "prompts_per_step": per_step}
+            "prompts_per_step": share["prompts_per_step"], "prefill_share": share["share"],
+            "prompts_per_prefill_step": share["prompts_per_prefill_step"]}
+
+
+def prefill_share(concurrency: int, out_lens: Any, prompt_len: int,
+                  max_num_batched_tokens: int | None = None) -> dict[str, float]:
+    """How many steady-state steps also prefill: the share of steps that take a new prompt.
+
+    A request of n output tokens holds its slot for n steps (the step that prefills it samples its
+    first token), so a slot turns over in a given step with chance q = len(out_lens) /
+    sum(out_lens) = 1 / mean output, and a step prefills `prompts_per_step` = concurrency x q
+    prompts on average. Slots turn over independently (different lengths soon spread them out),
+    so a step takes at least one new prompt with chance 1 - (1 - q)^concurrency. A step's token
+    budget (`max_num_batched_tokens`: the concurrency decode tokens first, prompt tokens in what
+    is left) spreads prompts that need more room over more steps: then at least
+    prompts_per_step x prompt_len / (budget - concurrency) of the steps prefill. `share` is the
+    larger of the two, at most 1; `prompts_per_prefill_step` = prompts_per_step / share (the
+    size of the wave a prefilling step holds on average).
+
+    >>> s = prefill_share(2, [4, 4], prompt_len=16)  # q = 1/4: 1 - (3/4)^2 = 7/16 of the steps
+    >>> s["prompts_per_step"], s["share"], round(s["prompts_per_prefill_step"], 4)  # 0.5 / (7/16)
+    (0.5, 0.4375, 1.1429)
+    >>> prefill_share(4, [8, 8], prompt_len=100, max_num_batched_tokens=104)["share"]  # 0.5 x 100 / 100 > 1 - (7/8)^4
+    0.5
+    """
+    c = params.positive_int("concurrency", concurrency)
+    plen = params.positive_int("prompt_len", prompt_len)
+    lens = [params.positive_int("out_lens item", n) for n in out_lens]
+    if not lens:
+        raise ValueError("out_lens must hold at least one output length")
+    q = len(lens) / sum(lens)
+    per_step = c * q
+    share = 1.0 - (1.0 - q) ** c
+    if max_num_batched_tokens is not None:
+        budget = params.positive_int("max_num_batched_tokens", max_num_batched_tokens)
+        if budget <= c:
+            raise ValueError(f"max_num_batched_tokens={budget} leaves no room for prompt tokens beside "
+                             f"{c} decode tokens per step: it must exceed the concurrency")
+        share = max(share, per_step * plen / (budget - c))
+    share = min(1.0, share)
+    return {"prompts_per_step": per_step, "share": share, "prompts_per_prefill_step": per_step / share}
+
+
+def mixed_step_extra(measured: dict[str, Any], prefill_s_per_token: float) -> float:
+    """The extra cost of one step that prefills, beyond a decode step plus its prompt tokens at
+    the pure-prefill rate, from `experiments.mixed_step` (`measured`: "extra_s", the time the
+    wave's steps took beyond as many decode-only steps of the same batch; "wave_tokens"; and
+    "steps", how many steps the wave's prompts took): (extra_s - wave_tokens x
+    prefill_s_per_token) / steps. It can be negative: a small wave's prompts can share the decode
+    step's weight reads and cost less than the pure-prefill rate says.
+
+    >>> round(mixed_step_extra({"extra_s": 0.012, "wave_tokens": 256, "steps": 1}, 20e-6), 6)  # 12 - 256 x 0.02 ms
+    0.00688
+    >>> round(mixed_step_extra({"extra_s": 0.012, "wave_tokens": 256, "steps": 2}, 20e-6), 6)  # the same over 2 steps
+    0.00344
+    """
+    params.positive_float("prefill_s_per_token", prefill_s_per_token)
+    steps = params.positive_int("steps", measured["steps"])
+    return (measured["extra_s"] - measured["wave_tokens"] * prefill_s_per_token) / steps
+
+
+def mixed_extra_line(points: dict[int, float]) -> tuple[float, float]:
+    """The mixed-step extra as fixed + per_seq x concurrency, through the measured extras
+    (`points`: batch -> extra seconds per prefilling step, `mixed_step_extra`) at the smallest
+    and the largest batch; one point: that constant. Not clipped at 0 (a measured saving is
+    kept); the points in between are predictions, as in `fit_overhead`.
+
+    >>> fixed, per_seq = mixed_extra_line({1: 0.002, 65: 0.010})  # 8 ms more over 64 sequences
+    >>> round(fixed * 1e3, 3), round(per_seq * 1e6, 1), round((fixed + per_seq * 33) * 1e3, 3)
+    (1.875, 125.0, 6.0)
+    """
+    if not points:
+        raise ValueError("mixed_extra_line needs at least one measured batch")
+    lo, hi = min(points), max(points)
+    if lo == hi:
+        return float(points[lo]), 0.0
+    per_seq = (points[hi] - points[lo]) / (hi - lo)
+    return points[lo] - per_seq * lo, per_seq
+
+
+def steady_step_seconds(step: dict[str, float], decode_s: float, prefill_s_per_token: float,
+                        prompt_len: int, mixed_extra_s: float = 0.0) -> dict[str, float]:
+    """A steady-state step's time: the decode step (`decode_s`, e.g. `predict_step`'s seconds at
+    the step's batch and context) + the step's share of prompt tokens at the pure-prefill rate
+    (`step["prompts_per_step"]` x `prompt_len` x `prefill_s_per_token`) + the share of steps that
+    prefill (`step["prefill_share"]`, from `serving_step`) x the measured extra cost of such a
+    step (`mixed_extra_s`: a step that prefills does not run as the decode step does, e.g. no full
+    CUDA graph). Throughput = concurrency / `seconds`.
+
+    >>> st = {"prompts_per_step": 2.0, "prefill_share": 0.8}
+    >>> r = steady_step_seconds(st, decode_s=0.010, prefill_s_per_token=20e-6, prompt_len=256, mixed_extra_s=0.005)
+    >>> [round(r[k] * 1e3, 2) for k in ("decode_s", "prefill_s", "mixed_s", "seconds")]  # 10 + 2 x 256 x 0.02 + 0.8 x 5
+    [10.0, 10.24, 4.0, 24.24]
+    """
+    params.positive_float("decode_s", decode_s)
+    params.positive_float("prefill_s_per_token", prefill_s_per_token)
+    params.positive_int("prompt_len", prompt_len)
+    share = step["prefill_share"]
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"prefill_share must be in [0, 1], got {share!r}")
+    pre = step["prompts_per_step"] * prompt_len * prefill_s_per_token
+    mixed = share * mixed_extra_s
+    return {"decode_s": decode_s, "prefill_s": pre, "mixed_s": mixed, "seconds": decode_s + pre + mixed}

@@ -58,3 +58,36 @@ def test_fp8_probe_times_both_kernels_and_rejects_bad_input():
     assert r["fp8_s"] > 0 and r["bf16_s"] > 0 and r["samples"][0] >= 3
     with pytest.raises(ValueError, match="tokens"):
         hardware.fp8_matmul_slowdown(tokens=0)
+
+
+def test_decode_layers_counts_the_whole_model():
+    # one layer: 16x32 and 32x16 (512 + 512 weights), a model of 3 layers, then a 16x10 head:
+    # 3 x 1,024 + 160 = 3,232 fp32 weights whatever the number of copies timed
+    r = hardware.measure_decode_layers([1, 2], [(16, 32), (32, 16)], "cpu", "fp32", layers=3, head=(16, 10),
+                                       warmup=1, repeats=2)
+    assert sorted(r) == [1, 2]
+    assert r[1]["weight_bytes"] == r[2]["weight_bytes"] == 3232 * 4  # 12,928 B
+    assert r[1]["flops"] == 2 * 1 * 3232 and r[2]["flops"] == 2 * 2 * 3232
+    for g in r.values():
+        assert g["n"] == 2 and g["seconds"] > 0 and g["copies"] == 3
+        assert g["weight_bytes_per_s"] == pytest.approx(g["weight_bytes"] / g["seconds"])
+        assert g["flops_per_s"] == pytest.approx(g["flops"] / g["seconds"])
+
+
+def test_decode_layers_cap_sets_the_copies_not_the_bytes():
+    shapes, head = [(16, 32), (32, 16)], (16, 10)  # a layer is 4,096 B in fp32
+    one = hardware.measure_decode_layers([1], shapes, "cpu", "fp32", layers=3, head=head, max_weight_bytes=5000,
+                                         warmup=0, repeats=1)
+    assert one[1]["copies"] == 1  # 5,000 // 4,096: one copy timed, scaled to 3 layers
+    assert one[1]["weight_bytes"] == (3 * 1024 + 160) * 4
+    tight = hardware.measure_decode_layers([1], shapes, "cpu", "fp32", layers=2, max_weight_bytes=100,
+                                           warmup=0, repeats=1)
+    assert tight[1]["copies"] == 1 and tight[1]["weight_bytes"] == 2 * 1024 * 4  # at least one copy
+
+
+@pytest.mark.parametrize("kw,match", [({"shapes": []}, "shapes"), ({"batches": [0]}, "batches"),
+                                      ({"shapes": [(0, 4)]}, "k"), ({"layers": 0}, "layers")])
+def test_decode_layers_rejects_bad_input(kw, match):
+    with pytest.raises(ValueError, match=match):
+        hardware.measure_decode_layers(**{"batches": [1], "shapes": [(8, 8)], "device": "cpu", "dtype": "fp32",
+                                          "repeats": 1, **kw})

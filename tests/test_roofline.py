@@ -51,3 +51,30 @@ def test_serving_step_prefill_share_and_context():
 
 def test_weight_seconds_scales_by_bytes():
     assert roofline.weight_seconds({"seconds": 0.002, "weight_bytes": 1e9}, 3e9) == pytest.approx(0.006)
+
+
+def test_decode_layer_shapes_fuse_qkv_and_gate_up():
+    # Llama-3.1-8B: 32 heads + 2 x 8 kv heads of 128 = 6,144; gate_up 2 x 14,336 = 28,672
+    assert roofline.decode_layer_shapes(load_config("Llama-3.1-8B")) == [
+        ("self_attn.qkv_proj", 4096, 6144), ("self_attn.o_proj", 4096, 4096),
+        ("mlp.gate_up_proj", 4096, 28672), ("mlp.down_proj", 14336, 4096)]
+    # Qwen2.5-0.5B: 14 heads + 2 x 2 kv heads of 64 = 1,152; gate_up 2 x 4,864 = 9,728
+    qwen = roofline.decode_layer_shapes(load_config("Qwen2.5-0.5B"))
+    assert qwen[0] == ("self_attn.qkv_proj", 896, 1152) and qwen[2] == ("mlp.gate_up_proj", 896, 9728)
+    assert qwen[3] == ("mlp.down_proj", 4864, 896)
+
+
+def test_decode_layer_shapes_moe_lists_the_active_experts():
+    shapes = roofline.decode_layer_shapes(load_config("Mixtral-8x7B"))  # top-2 of 8 experts
+    assert [s[0] for s in shapes] == ["self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj",
+                                      "mlp.down_proj", "mlp.gate_up_proj", "mlp.down_proj"]
+    # 32 layers x (6,144 + 4,096 + 2 x (28,672 + 14,336)) x 4,096 = 12.62e9: the active params less embed, head, norms, router
+    assert 32 * sum(k * n for _, k, n in shapes) == 12_616_466_432
+
+
+def test_decode_gemm_times_every_layer_and_the_head_once():
+    tiny = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2,
+            "num_key_value_heads": 1, "head_dim": 32, "vocab_size": 100}
+    # per layer: qkv 64x128 + o 64x64 + gate_up 64x256 + down 128x64 = 36,864; x 2 layers + head 64x100 = 80,128
+    g = roofline.decode_gemm(tiny, [1, 3], "cpu", "fp32")
+    assert g[1]["weight_bytes"] == 80_128 * 4 and g[3]["flops"] == 2 * 3 * 80_128
