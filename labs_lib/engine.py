@@ -137,17 +137,19 @@ def check_build(prof: Profile) -> None:
                 "own environment (`TIER=cpu make install`).")
 
 
-def start_llm(spec: ModelSpec, prof: Profile, **kwargs: Any) -> Any:
+def start_llm(spec: ModelSpec, prof: Profile, *, env: dict[str, str | None] | None = None, **kwargs: Any) -> Any:
     """Start a vLLM `LLM` for `spec` on the profile's tier and return it; stop it with
-    `shutdown(llm)`. Keyword args go to `engine_kwargs`. Prefer `offline_llm` (a `with` block)
-    inside one cell; this handle is for an engine that several notebook cells share.
+    `shutdown(llm)`. Keyword args go to `engine_kwargs`; `env` adds to (and wins over) the
+    tier's engine environment while the engine is built (e.g. `labs_lib.parallel.tp_env`).
+    Prefer `offline_llm` (a `with` block) inside one cell; this handle is for an engine that
+    several notebook cells share.
 
     One engine per process is the reliable pattern: sweeps over engine settings run each point
     in its own process (see `labs_lib.experiments.run_isolated`).
     """
     kw = engine_kwargs(spec, prof, **kwargs)
     check_build(prof)
-    env: dict[str, str | None] = {**_engine_env(kw, prof)}
+    env = {**_engine_env(kw, prof), **(env or {})}
     if "kv_cache_memory_bytes" in kw:  # in-process: the engine reads this very environment
         env["VLLM_CPU_KVCACHE_SPACE"] = None
     # Set for the engine's construction only. vLLM (0.32 read) takes every variable above while

@@ -23,10 +23,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from . import params
 from .procs import ManagedProcess, ServerStartError
 from .records import run_dir
 
-WORKERS = ("vllm_sweep", "hf_static_batches", "quant_setting", "quant_hf")
+WORKERS = ("vllm_sweep", "hf_static_batches", "quant_setting", "quant_hf", "tp_run")
 
 
 class WorkerTimeout(ServerStartError):
@@ -88,7 +89,9 @@ def vllm_sweep(model: str, profile: dict[str, Any], workloads: dict[str, dict[st
     on the machine only slows a run down, so the best of interleaved runs is what each side can do. With `calibrate`, the decode step time
     at those batch sizes with 16-token prompts (`step_s`: the per-step overhead a throughput model
     needs) and at the largest with the workload's prompt length (`step_kv`: its KV read rate),
-    and the engine's prefill rate on the largest point's prompts (`prefill`, `prefill_rate`).
+    and the engine's prefill rate on the largest point's prompts (`prefill`, `prefill_rate`),
+    the engine's step token budget (`token_budget`) and, at each calibrate batch, the extra time
+    of a step that also prefills (`mixed`, `mixed_steps`).
 
     With `batching` = {"prompts", "out_lens", "batch", "static": bool}, the same engine first runs
     `batching_pair` on that workload (`"batching"`): static vs continuous scheduling on the same
@@ -121,6 +124,8 @@ def vllm_sweep(model: str, profile: dict[str, Any], workloads: dict[str, dict[st
                               "seconds": decode_step(llm, max(calibrate), calibrate_tokens, vocab, prompt_len=plen)}
             top = workloads[str(max(int(c) for c in workloads))]["prompts"]
             out["prefill"] = prefill_rate(llm, top)
+            out["token_budget"] = token_budget(llm)
+            out["mixed"] = mixed_steps(llm, workloads, calibrate, calibrate_tokens, vocab)
         order = sorted(workloads, key=int)
         if not order:
             return out
@@ -145,6 +150,28 @@ def vllm_sweep(model: str, profile: dict[str, Any], workloads: dict[str, dict[st
             print(f"all {len(w['prompts'])} requests at once (max_num_seqs {slots}): "
                   f"{', '.join(f'{t:,.0f}' for t in out['peak_repeats']['all_at_once'])} tok/s steady; "
                   f"capped at {top} again: {', '.join(f'{t:,.0f}' for t in capped[1:])}", flush=True)
+    return out
+
+
+def mixed_steps(llm: Any, workloads: dict[str, dict[str, list]], batches: list[int], tokens: int,
+                vocab_size: int) -> dict[str, dict[str, Any]]:
+    """`mixed_step` at each concurrency c of `batches`, the wave sized as a steady-state step that
+    prefills at that concurrency holds on average (`roofline.prefill_share`: prompts per
+    prefilling step, rounded, at least 1; from the output lengths of the workload at c, or of the
+    largest one where c is no sweep point, and the workload's prompt length), beside c - wave
+    decoding sequences (at least 1): c sequences in the step, as in steady state."""
+    from .roofline import prefill_share
+
+    top = workloads[str(max(int(c) for c in workloads))]
+    budget, out = token_budget(llm), {}
+    for c in batches:
+        w = workloads.get(str(c), top)
+        plen = len(w["prompts"][0])
+        share = prefill_share(c, w["out_lens"], plen, budget if budget and budget > c else None)
+        wave = max(1, round(share["prompts_per_prefill_step"]))
+        # c sequences in the step, as in steady state: the wave's new ones and c - wave decoding
+        # (the engine's max_num_seqs is the largest c); at least one decodes
+        out[str(c)] = mixed_step(llm, max(1, c - wave), wave, plen, vocab_size, tokens=tokens) | {"concurrency": c}
     return out
 
 
@@ -314,6 +341,113 @@ def decode_step(llm: Any, batch: int, tokens: int, vocab_size: int, repeats: int
     return float(sorted(steps)[len(steps) // 2])
 
 
+def token_budget(llm: Any) -> int | None:
+    """The engine's step token budget (`max_num_batched_tokens`, as set or as vLLM defaulted it);
+    None where the engine does not say."""
+    cfg = getattr(getattr(getattr(llm, "llm_engine", None), "vllm_config", None), "scheduler_config", None)
+    budget = getattr(cfg, "max_num_batched_tokens", None)
+    return int(budget) if budget else None
+
+
+def mixed_step(llm: Any, batch: int, wave: int, prompt_len: int, vocab_size: int, tokens: int = 32,
+               repeats: int = 3) -> dict[str, Any]:
+    """The extra time of steps that decode `batch` sequences AND prefill a wave of `wave` new
+    prompts of `prompt_len` tokens, against the same batch decoding alone: what a steady-state
+    step that takes new prompts costs beyond a decode step (vLLM replays a full CUDA graph only
+    for decode-only batches; a step that also prefills runs piecewise or eagerly).
+
+    `batch` sequences (16-token prompts, `tokens` outputs each) decode; while they do, waves are
+    added one after another (one output token each: a wave finishes in the step that prefills its
+    last prompt), the first after 3 decode steps and each next one 3 decode-only steps after the
+    last finished. The per-step times are the engine's own: one decoding request (the probe,
+    added last so that it is prefilled in the decoders' last prefill step) streams its tokens
+    (`RequestOutputKind.DELTA`), and each of its outputs carries the engine's timestamp of that
+    step (`metrics.last_token_ts`; the client's clock, `clock` = "client", where an output
+    carries no metrics). A wave's `extra_s`: the steps from its submission to the step that
+    finishes it, minus as many decode-only steps (the median of the same run's decode-only
+    steps, the first after the prefill left out). The result's `extra_s` is the median over all
+    waves of `repeats` runs (`samples`). The wave's prompt tokens take `steps` =
+    ceil(wave x prompt_len / (budget - batch)) steps of the engine's token budget;
+    `roofline.mixed_step_extra` subtracts the wave's tokens at the pure-prefill rate. A separate
+    control run would carry the noise of a whole run (the extra is about one step in seconds of
+    decoding); the same run's decode steps carry only a step's.
+    """
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
+
+    from .workload import token_prompts
+
+    params.positive_int("batch", batch)
+    params.positive_int("wave", wave)
+    params.positive_int("prompt_len", prompt_len)
+    params.int_in_range("tokens", tokens, 12)
+    params.positive_int("repeats", repeats)
+    eng, budget = llm.llm_engine, token_budget(llm)
+    if budget is not None and budget <= batch:
+        raise ValueError(f"the engine's token budget {budget} leaves no room beside {batch} decode tokens")
+    slots = getattr(getattr(eng, "vllm_config", None), "scheduler_config", None)
+    slots = getattr(slots, "max_num_seqs", None)
+    if slots is not None and batch + wave > slots:
+        raise ValueError(f"{batch} decoding sequences and a wave of {wave} need {batch + wave} of the engine's "
+                         f"max_num_seqs={slots}: the wave would wait for a free slot, not join the step")
+    tokens_in = wave * prompt_len
+    steps = -(-tokens_in // (budget - batch)) if budget else 1
+    gap = 3  # decode-only steps before the first wave and between waves
+    wave_sp = SamplingParams(max_tokens=1, ignore_eos=True, temperature=0.0, output_kind=RequestOutputKind.FINAL_ONLY)
+    runs, clock = [], "engine"
+    for r in range(repeats):
+        seed = 20_000 + 97 * batch + 13 * wave + 7 * r
+        tag = f"mix{batch}-{wave}-{r}-{time.monotonic_ns()}"
+        probe: set[str] = set()
+        for i, p in enumerate(token_prompts(batch, 16, vocab_size=vocab_size, seed=seed)):
+            last = i == batch - 1
+            rid = f"{tag}-d{i}"
+            got = eng.add_request(rid, {"prompt_token_ids": p}, SamplingParams(
+                max_tokens=tokens, ignore_eos=True, temperature=0.0,
+                output_kind=RequestOutputKind.DELTA if last else RequestOutputKind.FINAL_ONLY))
+            if last:
+                probe = {rid, got or rid}  # outputs carry ours (vLLM 0.32) or the engine's id
+        stamps: list[float] = []
+        waves: list[dict[str, Any]] = []  # each: ids, prompts left, stamps count at submission and when done
+        while eng.has_unfinished_requests():
+            for o in eng.step():
+                if o.request_id in probe:
+                    m = getattr(o, "metrics", None)
+                    ts = getattr(m, "last_token_ts", None) if m is not None else None
+                    if not ts:
+                        ts, clock = time.monotonic(), "client"
+                    stamps.append(float(ts))
+                elif waves and o.finished and o.request_id in waves[-1]["ids"]:
+                    waves[-1]["left"] -= 1
+            if waves and waves[-1]["done"] is None and waves[-1]["left"] == 0:
+                waves[-1]["done"] = len(stamps)  # the step that finished it (the probe decoded in it too)
+            free = not waves or waves[-1]["done"] is not None
+            after = waves[-1]["done"] if waves else 1
+            if free and len(stamps) >= after + gap and len(stamps) + steps + gap + 1 <= tokens:
+                w = {"ids": set(), "left": wave, "at": len(stamps), "done": None}
+                ps = token_prompts(wave, prompt_len, vocab_size=vocab_size, seed=seed + 50_000 + 1_000 * len(waves))
+                for j, p in enumerate(ps):
+                    rid = f"{tag}-w{len(waves)}-{j}"
+                    w["ids"] |= {rid, eng.add_request(rid, {"prompt_token_ids": p}, wave_sp) or rid}
+                waves.append(w)
+        done = [w for w in waves if w["done"] is not None and w["done"] < len(stamps)]
+        if not done:
+            raise RuntimeError(f"no wave of {wave} prompts finished while the {batch} sequences decoded "
+                               f"({len(stamps)} steps): raise `tokens`")
+        d = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]  # d[k]: the step of stamps[k + 1]
+        inside = {k for w in waves for k in range(w["at"] - 1, (w["done"] or len(stamps)) - 1)}
+        decode = sorted(x for k, x in enumerate(d) if k and k not in inside)
+        base = float(decode[len(decode) // 2])
+        runs.append({"decode_step_s": base, "extra_s": [sum(d[w["at"] - 1:w["done"] - 1]) - (w["done"] - w["at"]) * base
+                                                        for w in done],
+                     "window_steps": [w["done"] - w["at"] for w in done]})
+    samples = sorted(x for run in runs for x in run["extra_s"])
+    return {"batch": batch, "wave": wave, "prompt_len": prompt_len, "wave_tokens": tokens_in,
+            "token_budget": budget, "steps": steps, "extra_s": float(samples[len(samples) // 2]),
+            "samples": len(samples), "decode_step_s": float(sorted(x["decode_step_s"] for x in runs)[len(runs) // 2]),
+            "clock": clock, "runs": runs}
+
+
 def prefill_rate(llm: Any, prompts: list[list[int]]) -> dict[str, float]:
     """Prompt tokens per second when the engine does nothing but prefill: every prompt at once,
     one output token each (sampled in the prefill step), timed by the engine's own timestamps
@@ -391,6 +525,45 @@ def quant_hf(**kwargs: Any) -> dict[str, Any]:
     from .quant.bench import hf_quality
 
     return hf_quality(**kwargs)
+
+
+def tp_run(model: str, profile: dict[str, Any], tp: int, prompts: list[list[int]], max_tokens: int,
+           batches: list[int], engine: dict[str, Any], step_tokens: int = 32, repeats: int = 3) -> dict[str, Any]:
+    """Lab 09's worker: one engine with `tensor_parallel_size=tp` (`parallel.tp_env`); greedy `max_tokens` for `prompts`
+    (their token ids and the chosen tokens' logprobs) and the median decode step at each of
+    `batches` (engine timestamps, `experiments.decode_step`)."""
+    from vllm import SamplingParams
+
+    from .engine import offline_llm
+    from .models import resolve
+    from .parallel import check_divides, engine_allreduce, tp_env
+    from .procs import scoped_env
+    from .tiers import Profile
+
+    spec = resolve(model)
+    prof = Profile.from_dict(profile)
+    check_divides(spec.config, tp)
+    kw = dict(engine, tensor_parallel_size=tp)
+    if tp > 1:
+        kw["distributed_executor_backend"] = "mp"
+    t0 = time.perf_counter()
+    # collective_rpc sends a function to the workers pickled: allowed for the engine's whole life
+    # (scoped_env); the ranks' thread binding must win over the tier's engine settings (env=)
+    env = {**tp_env(tp, prof.gpu), "VLLM_ALLOW_INSECURE_SERIALIZATION": "1"}
+    with scoped_env(env), offline_llm(spec, prof, env=env, **kw) as llm:
+        startup = time.perf_counter() - t0
+        sp = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True, logprobs=0)
+        outs = llm.generate([{"prompt_token_ids": p} for p in prompts], sp, use_tqdm=False)
+        tokens = [list(o.outputs[0].token_ids) for o in outs]
+        logprobs = [[lp[t].logprob for t, lp in zip(o.outputs[0].token_ids, o.outputs[0].logprobs, strict=True)] for o in outs]
+        steps = {str(b): decode_step(llm, b, step_tokens, spec.vocab_size, repeats=repeats) for b in batches}
+        comm = None
+        if tp > 1:  # the engine's own all-reduce, at the sizes a decode step sends (batch x hidden x 2 B)
+            hidden = spec.config.get("hidden_size") or spec.config["text_config"]["hidden_size"]
+            sizes = sorted({b * hidden * 2 for b in batches} | {1 << 20})
+            comm = llm.collective_rpc(engine_allreduce, args=(sizes, 15, 20))
+    return {"tp": tp, "startup_s": startup, "tokens": tokens, "logprobs": logprobs, "step_s": steps,
+            "allreduce": comm, "env": tp_env(tp, prof.gpu)}
 
 
 if __name__ == "__main__":

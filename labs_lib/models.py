@@ -53,6 +53,7 @@ MINILM = "all-MiniLM-L6-v2"
 PACKAGED = (SMOLLM2, MINILM)
 BYTES_PER_PARAM = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5}
 WEIGHT_GLOBS = ("*.safetensors", "*.bin", "*.pt", "*.pth")
+RANDOM_MARKER = "RANDOM_WEIGHTS.json"  # in a checkpoint of random weights (save_random_weights)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
@@ -121,8 +122,14 @@ class ModelSpec:
         return slug(self.source)
 
     @property
+    def saved_random(self) -> bool:
+        """Random weights saved as a checkpoint (`save_random_weights`): every engine that
+        loads the directory gets the same ones, which vLLM's dummy loader does not promise."""
+        return self.random_weights and Path(self.path, RANDOM_MARKER).exists()
+
+    @property
     def load_format(self) -> str:
-        return "dummy" if self.random_weights else "auto"
+        return "dummy" if self.random_weights and not self.saved_random else "auto"
 
     @property
     def max_model_len(self) -> int:
@@ -140,7 +147,8 @@ class ModelSpec:
             size = f"{p / 1e9:.2f}B params" if p >= 1e9 else f"{p / 1e6:.1f}M params"
         except KeyError:
             size = "size unknown"
-        w = ("RANDOM weights (shape-only: real speed and memory, meaningless text)"
+        w = ("RANDOM weights (saved once: the same in every engine; meaningless text)" if self.saved_random
+             else "RANDOM weights (shape-only: real speed and memory, meaningless text)"
              if self.random_weights else "real weights")
         where = f" from {self.path}" if self.kind in ("local", "hub") else ""
         return f"{self.name} [{self.kind}], {size}, {w}{where}"
@@ -279,11 +287,43 @@ def _local_spec(name: str) -> ModelSpec:
     has_tok = p.is_dir() and any((p / f).exists() for f in TOKENIZER_FILES)
     display = p.name if p.is_dir() else p.parent.name
     if weights or has_tok:
-        return ModelSpec(display, "local", str(p), cfg, random_weights=not weights,
+        random = not weights or (p.is_dir() and (p / RANDOM_MARKER).exists())
+        return ModelSpec(display, "local", str(p), cfg, random_weights=random,
                          has_tokenizer=has_tok, source=str(p))
     d = _shape_dir(cfg, cache_dir() / "local" / slug(str(p)))
     return ModelSpec(display, "local", str(d), cfg, random_weights=True, has_tokenizer=True,
                      source=str(p))
+
+
+def save_random_weights(spec: ModelSpec, *, initializer_range: float = 0.3, seed: int = 0) -> ModelSpec:
+    """One checkpoint of random weights for `spec`'s architecture, written once to the cache:
+    engines that must compute the same function (tensor-parallel 1 vs 2) load it instead of
+    drawing their own (vLLM's dummy loader draws per shard, so TP=1 and TP=2 would differ).
+
+    `initializer_range` (the std of the normal init) is larger than a trained model's 0.02:
+    with 0.02 a random model's logits are nearly flat and greedy decoding repeats one token,
+    which would make "the same tokens" an empty check. Run it in a process that starts no
+    engine afterwards (torch's thread pool, then a fork, hung vLLM 0.26 on a GPU).
+    """
+    tag = f"{spec.slug}-std{initializer_range:g}-seed{seed}"
+
+    def build(tmp: Path) -> None:
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        torch.manual_seed(seed)
+        cfg = AutoConfig.for_model(**{**spec.config, "initializer_range": initializer_range})
+        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
+        model.save_pretrained(str(tmp))
+        src = Path(spec.path)
+        for f in [*TOKENIZER_FILES, "special_tokens_map.json"]:
+            if (src / f).exists():
+                shutil.copy(src / f, tmp / f)
+        _write_atomic_json(tmp / RANDOM_MARKER, {"source": spec.source, "initializer_range": initializer_range,
+                                                 "seed": seed})
+
+    d = _materialize(cache_dir() / "random" / tag, RANDOM_MARKER, build)
+    return resolve(str(d))
 
 
 # ----------------------------------------------------------------------------- tiny model

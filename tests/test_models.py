@@ -239,3 +239,14 @@ def test_shape_tokenizer_covers_the_whole_vocabulary():
     assert len(tok) == spec.config["vocab_size"] == 128256
     text = tok.decode([300, 128255])
     assert text.endswith("<x128255>")
+
+
+def test_saved_random_weights_load_as_weights_and_say_random(tmp_path, monkeypatch):
+    monkeypatch.setenv("LABS_CACHE", str(tmp_path))
+    spec = models.save_random_weights(models.resolve(models.TINY), initializer_range=0.1, seed=3)
+    again = models.resolve(spec.source)  # what a worker process does with spec.source
+    for s in (spec, again):
+        assert s.random_weights and s.saved_random and s.load_format == "auto"  # no dummy: the saved ones
+        assert "RANDOM weights (saved once" in s.describe()
+    assert models.save_random_weights(models.resolve(models.TINY), initializer_range=0.1, seed=3).path == spec.path
+    assert json.loads((tmp_path / "random" / "tiny-llama-std0.1-seed3" / models.RANDOM_MARKER).read_text())["seed"] == 3
