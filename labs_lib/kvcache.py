@@ -182,8 +182,9 @@ _LOG_PATTERNS = {  # vLLM 0.2x-0.3x engine log lines (GPU and CPU workers)
 }
 
 
-def parse_vllm_log(text: str) -> dict[str, float | None]:
-    """What a vLLM engine log reports about memory and KV capacity (None where absent).
+def parse_vllm_log(text: str) -> dict[str, Any]:
+    """What a vLLM engine log reports about memory and KV capacity (None where absent), and
+    `torch_compile`: "cold" (it compiled), "warm" (loaded from the compile cache) or None.
 
     Log lines are not a stable API: every field may be None on another vLLM version, and callers
     must say so rather than fail.
@@ -197,8 +198,11 @@ def parse_vllm_log(text: str) -> dict[str, float | None]:
     """
     import re
 
-    out: dict[str, float | None] = {}
+    out: dict[str, Any] = {}
     for key, pat in _LOG_PATTERNS.items():
         hits = re.findall(pat, text)
         out[key] = float(hits[-1].replace(",", "")) if hits else None
+    # how torch.compile ran (it sets part of the peak activation: `planner.activation_bytes`)
+    out["torch_compile"] = ("cold" if "Compiling a graph for" in text else
+                            "warm" if "Directly load the compiled graph" in text else None)
     return out

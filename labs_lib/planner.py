@@ -14,13 +14,19 @@ bound (every weight byte read once per token at the memory bandwidth).
 
 - weights: `quant.formats.weight_bytes` (scales and zeros included), split over `tp` ranks;
   K/V projections are replicated where the model has fewer KV heads than ranks.
-- peak activation: the profile run pushes `max_num_batched_tokens` tokens through the model;
-  its peak grows by about 7.5 x intermediate + 3 x hidden bytes per token, and never falls
-  below about one embedding matrix (vocab x hidden x 2 B). An empirical fit to vLLM 0.26's
-  reports on an H100 for four models at 512 to 24k tokens (within 11 %, most within 6 %).
-- CUDA graphs: about 165 B x captured sizes x layers x hidden (fitted the same way).
-- non-torch memory: `NON_TORCH_BYTES`, what vLLM 0.26 reported on an H100 (CUDA kernels and
-  library handles loaded while profiling).
+- peak activation: the profile run pushes `max_num_batched_tokens` (t) tokens through the
+  model: t x (6 x intermediate + 6 x hidden) bytes (the gate/up output and its activation, and
+  three hidden-wide buffers) + 0.05 GiB when compiled; and when torch.compile compiles cold
+  (no compile cache yet) at least an embedding-sized block plus two hidden-wide buffers
+  (vocab x hidden x 2 + 4.3 x hidden x t bytes) that a warm start does not allocate.
+- CUDA graphs: 0.10 GiB + 0.16 MiB per piecewise graph piece (captured sizes x (layers + 1)) +
+  0.47 B x layers x hidden x the sum of the FULL decode graphs' batch sizes (the captured sizes
+  up to max_num_seqs), scaled by the weight format (fp8 0.88, int8 0.935, int4 1.035).
+- non-torch memory: `NON_TORCH_BYTES`, 0.22 GiB in every one of 53 engine starts on one H100
+  (CUDA kernels and library handles loaded while profiling).
+The coefficients are fits to 56 vLLM 0.26 start-ups kept under results/gpu/h100 (three model
+shapes, eight formats, 512 to 24k batched tokens, 8 to 1024 sequences): every compiled row
+within about 10 %, most within 5 %.
 These are the planner's assumptions, in one place; lab 09 checks every term against the engine.
 
 `tp_step()` and `pp_step()` price a decode step split over GPUs: the all-reduces of tensor
@@ -47,9 +53,12 @@ GiB = 2**30
 GPU_BLOCK = 16  # vLLM's KV block on a GPU (tokens)
 CPU_BLOCK = 128  # ... and on vLLM-CPU
 NON_TORCH_BYTES = 0.22 * GiB  # vLLM 0.26 on an H100, every model: kernels and handles loaded while profiling
-ACT_BYTES_PER_INTERMEDIATE = 7.5  # peak activation per token: 7.5 B x intermediate + 3 B x hidden (fit)
-ACT_BYTES_PER_HIDDEN = 3.0
-GRAPH_BYTES = 165.0  # CUDA-graph memory per captured size, layer and hidden unit (fit)
+ACT_PER_TOKEN = (6.0, 6.0)  # peak activation bytes per batched token: x intermediate, x hidden
+ACT_COMPILED = 0.05 * GiB  # ... plus this when the model runs compiled (not eager)
+ACT_COLD_PER_TOKEN = 4.3  # a cold torch.compile: vocab x hidden x 2 B + this x hidden bytes per token
+GRAPH_BASE, GRAPH_PER_PIECE, GRAPH_FULL = 0.10 * GiB, 0.16 * 2**20, 0.47  # CUDA-graph pool (fit)
+GRAPH_SCALE = {"fp8": 0.88, "int8": 0.935, "gptq": 1.035, "awq": 1.035, "w4a16": 1.035}
+COMPILE_STATES = ("cold", "warm", "eager")
 WEIGHT_DTYPES = {"bf16": "bf16", "fp16": "fp16", "fp8": "fp8", "int8": "int8", "int4": "gptq"}
 
 
@@ -155,22 +164,28 @@ def weights_per_rank(cfg: dict[str, Any], dtype: str = "bf16", tp: int = 1, grou
     return (b["total"] - norms - per_kv) / tp + per_kv / kv + norms
 
 
-def activation_bytes(cfg: dict[str, Any], tokens: int, tp: int = 1) -> float:
+def activation_bytes(cfg: dict[str, Any], tokens: int, tp: int = 1, compile: str = "cold") -> float:
     """vLLM's "peak activation" when it profiles `tokens` (max_num_batched_tokens) tokens, per
-    rank: max(vocab x hidden x 2 B, tokens x (7.5 B x intermediate + 3 B x hidden)), the
-    intermediate width of the experts a token uses, vocab and intermediate split `tp` ways.
+    rank, by how the model ran: "cold" (torch.compile compiled it: the first start of a shape),
+    "warm" (loaded from the compile cache) or "eager" (enforce_eager, no compile). The intermediate
+    width is that of the experts a token uses; intermediate and vocab are split `tp` ways.
 
     >>> from labs_lib.models import load_config
-    >>> cfg = load_config("Llama-3.1-8B")  # the H100 reported 0.99, 1.10 and 1.77 GiB
+    >>> cfg = load_config("Llama-3.1-8B")  # the H100 reported 0.99, 1.10 and 1.77 GiB, cold
     >>> [round(activation_bytes(cfg, t) / 2**30, 2) for t in (512, 8192, 16384)]
-    [0.98, 0.98, 1.83]
+    [0.99, 1.11, 1.74]
+    >>> round(activation_bytes(cfg, 8192, compile="warm") / 2**30, 2)  # 0.88 from the cache
+    0.89
     """
     params.positive_int("tokens", tokens)
     tp = params.positive_int("tp", tp)
+    params.choice("compile", compile, COMPILE_STATES)
     c = models._text_config(cfg)
     inter = c["intermediate_size"] * max(1, c.get("num_experts_per_tok") or 1) / tp
-    floor = c["vocab_size"] * c["hidden_size"] * 2 / tp
-    return float(max(floor, tokens * (ACT_BYTES_PER_INTERMEDIATE * inter + ACT_BYTES_PER_HIDDEN * c["hidden_size"])))
+    h = c["hidden_size"]
+    run = tokens * (ACT_PER_TOKEN[0] * inter + ACT_PER_TOKEN[1] * h) + (0.0 if compile == "eager" else ACT_COMPILED)
+    cold = c["vocab_size"] * h * 2 / tp + ACT_COLD_PER_TOKEN * h * tokens if compile == "cold" else 0.0
+    return float(max(run, cold))
 
 
 def capture_sizes(max_num_seqs: int, max_num_batched_tokens: int) -> list[int]:
@@ -185,16 +200,23 @@ def capture_sizes(max_num_seqs: int, max_num_batched_tokens: int) -> list[int]:
     return [s for s in [1, 2, 4, *range(8, 256, 8), *range(256, 513, 16)] if s <= top]
 
 
-def graph_bytes(cfg: dict[str, Any], sizes: int, tp: int = 1) -> float:
-    """CUDA-graph memory for `sizes` captured batch sizes (0: eager, none): 165 B x sizes x
-    layers x hidden, per rank (fitted: 0.98 GiB for Llama-3.1-8B at 51 sizes on an H100).
+def graph_bytes(cfg: dict[str, Any], sizes: list[int], max_num_seqs: int, dtype: str = "bf16", tp: int = 1) -> float:
+    """CUDA-graph memory (vLLM 0.26, FULL_AND_PIECEWISE) for the captured batch `sizes`: a piecewise
+    graph of layers + 1 pieces for each size, a FULL decode graph for each size up to
+    `max_num_seqs`; [] (eager) is none. Per rank; scaled by the weight format.
 
     >>> from labs_lib.models import load_config
-    >>> round(graph_bytes(load_config("Llama-3.1-8B"), 51) / 2**30, 2)
-    1.03
+    >>> cfg = load_config("Llama-3.1-8B")  # the H100: 0.58 GiB at 256 sequences, 0.97 at 512
+    >>> [round(graph_bytes(cfg, capture_sizes(n, 8192), n) / 2**30, 2) for n in (256, 512)]
+    [0.61, 0.97]
     """
+    if not sizes:
+        return 0.0
     c = models._text_config(cfg)
-    return GRAPH_BYTES * params.non_negative_int("sizes", sizes) * c["num_hidden_layers"] * c["hidden_size"] / tp
+    layers, h = c["num_hidden_layers"], c["hidden_size"]
+    full = sum(s for s in sizes if s <= max_num_seqs)
+    b = GRAPH_BASE + GRAPH_PER_PIECE * len(sizes) * (layers + 1) + GRAPH_FULL * layers * h / tp * full
+    return b * GRAPH_SCALE.get(WEIGHT_DTYPES.get(dtype, dtype), 1.0)
 
 
 # ------------------------------------------------------------------------------ the plan
@@ -284,26 +306,30 @@ def kv_bytes_per_token(cfg: dict[str, Any], kv_dtype: str = "bf16", tp: int = 1)
 def plan(cfg: dict[str, Any], device: GPU, *, dtype: str = "bf16", kv_dtype: str | None = None, tp: int = 1,
          gpu_memory_utilization: float = 0.85, max_model_len: int | None = None,
          max_num_batched_tokens: int = 8192, max_num_seqs: int = 256, cuda_graphs: bool = True,
-         name: str = "") -> MemoryPlan:
+         compile: str = "cold", name: str = "") -> MemoryPlan:
     """The memory plan of `cfg` on `device` (per rank with `tp` ranks).
 
     `dtype`: the weights' format (bf16, fp16, fp8, int8, int4); `kv_dtype`: the KV cache's
     (bf16/fp16 like the activations unless fp8); `max_num_batched_tokens` and `max_num_seqs`
-    as the engine will run (they set the activation peak and the captured graphs).
+    as the engine will run (they set the activation peak and the captured graphs); `compile`:
+    "cold" for a first start, "warm" when torch.compile's cache holds this shape
+    (`kvcache.parse_vllm_log(...)["torch_compile"]` says which a start was);
+    `cuda_graphs=False` for enforce_eager.
 
     >>> from labs_lib.models import load_config
     >>> h100 = measured_gpu("NVIDIA H100 80GB HBM3", 85.03e9, 2.9e12, 750e12)  # torch's total memory
     >>> p = plan(load_config("Llama-3.1-8B"), h100, max_model_len=4096)
     >>> p.kv_tokens, p.max_concurrency(4096)  # vLLM 0.26 allocated 417,536 tokens on it at 0.85
-    (419056, 102)
+    (417952, 102)
     """
     params.positive_float("gpu_memory_utilization", gpu_memory_utilization, hi=1.0)
     c = models._text_config(cfg)
     kv_dtype = kv_dtype or ("fp16" if dtype == "fp16" else "bf16")
     max_model_len = min(max_model_len or positions(cfg), positions(cfg))
     weights = weights_per_rank(cfg, dtype, tp)
-    activation = activation_bytes(cfg, max_num_batched_tokens, tp)
-    graphs = graph_bytes(cfg, len(capture_sizes(max_num_seqs, max_num_batched_tokens)), tp) if cuda_graphs else 0.0
+    activation = activation_bytes(cfg, max_num_batched_tokens, tp, compile if cuda_graphs else "eager")
+    sizes = capture_sizes(max_num_seqs, max_num_batched_tokens) if cuda_graphs else []
+    graphs = graph_bytes(cfg, sizes, max_num_seqs, dtype, tp)
     moe = (c.get("num_local_experts") or 1) > 1  # vLLM 0.26's older runner: graphs inside the budget
     budget = device.memory * gpu_memory_utilization
     kv = kvcache.kv_budget(device.memory, gpu_memory_utilization, weights=weights, activations=activation,

@@ -100,3 +100,9 @@ def test_vllm_max_concurrency_reproduces_logged_figures(blocks, block_size, max_
     assert kvcache.max_concurrency(cfg, blocks, block_size, max_model_len) == int(x)
     # counting tokens instead of whole blocks per request would not give vLLM's figure
     assert max_model_len % block_size == 0 or round(blocks * block_size / max_model_len, 2) != logged
+
+
+def test_log_says_how_torch_compile_ran():
+    assert kvcache.parse_vllm_log("INFO Compiling a graph for compile range (1, 8192)")["torch_compile"] == "cold"
+    assert kvcache.parse_vllm_log("Directly load the compiled graph(s) for compile range")["torch_compile"] == "warm"
+    assert kvcache.parse_vllm_log("GPU KV cache size: 16 tokens")["torch_compile"] is None

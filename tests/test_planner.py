@@ -48,11 +48,26 @@ def test_kv_bytes_per_token_per_rank():
     assert planner.kv_bytes_per_token(TINY, "fp8") == 64
 
 
-def test_activation_floor_and_per_token_growth():
+def test_activation_by_compile_state():
     q = models.load_config("Qwen2.5-0.5B")  # vocab 151,936, hidden 896, intermediate 4,864
-    assert planner.activation_bytes(q, 512) == 151_936 * 896 * 2  # the floor: one embedding matrix
-    assert planner.activation_bytes(q, 24385) == 24385 * (7.5 * 4864 + 3 * 896)  # 0.89 GiB; the H100 said 0.82-0.87
-    assert planner.activation_bytes(q, 24385, tp=2) == 24385 * (7.5 * 4864 / 2 + 3 * 896)
+    per_token = 6 * 4864 + 6 * 896  # 34,560 B per batched token
+    cold_floor = 151_936 * 896 * 2 + 4.3 * 896 * 512  # a cold compile: one embedding matrix and more
+    assert planner.activation_bytes(q, 512) == pytest.approx(cold_floor)  # the H100: 0.26 GiB
+    assert planner.activation_bytes(q, 512, compile="warm") == pytest.approx(512 * per_token + 0.05 * GiB)
+    assert planner.activation_bytes(q, 24385) == pytest.approx(24385 * per_token + 0.05 * GiB)  # 0.83 GiB; 0.82-0.87
+    assert planner.activation_bytes(q, 24385, compile="eager") == 24385 * per_token
+    assert planner.activation_bytes(q, 24385, tp=2, compile="eager") == 24385 * (6 * 4864 / 2 + 6 * 896)
+    with pytest.raises(ValueError, match="compile"):
+        planner.activation_bytes(q, 512, compile="hot")
+
+
+def test_graph_memory_counts_pieces_and_full_graphs():
+    # TINY (1 layer, hidden 64), sizes 1, 2, 4, FULL graphs up to 2 sequences: 0.10 GiB +
+    # 0.16 MiB x 3 sizes x 2 pieces + 0.47 B x 1 x 64 x (1 + 2)
+    want = 0.10 * GiB + 0.16 * 2**20 * 3 * 2 + 0.47 * 64 * 3
+    assert planner.graph_bytes(TINY, [1, 2, 4], 2) == pytest.approx(want)
+    assert planner.graph_bytes(TINY, [1, 2, 4], 2, dtype="fp8") == pytest.approx(0.88 * want)
+    assert planner.graph_bytes(TINY, [], 2) == 0  # enforce_eager
 
 
 def test_capture_sizes_follow_vllm_defaults():
@@ -60,7 +75,6 @@ def test_capture_sizes_follow_vllm_defaults():
     assert sizes[:5] == [1, 2, 4, 8, 16] and sizes[-2:] == [496, 512] and len(sizes) == 3 + 31 + 17
     assert planner.capture_sizes(8, 8192) == [1, 2, 4, 8, 16]  # up to 2 x max_num_seqs
     assert planner.capture_sizes(1024, 100)[-1] == 96  # ... and the step's token budget
-    assert planner.graph_bytes(TINY, 0) == 0
 
 
 def _device(memory: float) -> planner.GPU:
@@ -68,10 +82,10 @@ def _device(memory: float) -> planner.GPU:
 
 
 def test_fit_refuse_boundary_is_one_block_of_max_model_len():
-    # TINY bf16: weights 86,912 B; activation = max(100 x 64 x 2, 2048 x (7.5 x 128 + 3 x 64)) B;
+    # TINY bf16: weights 86,912 B; activation (eager) 2048 x (6 x 128 + 6 x 64) B;
     # one sequence of 1,024 tokens needs 64 blocks of 16 x 128 B = 131,072 B of KV
-    kw = dict(gpu_memory_utilization=1.0, max_model_len=1024, max_num_batched_tokens=2048)
-    rest = 86_912 + 2048 * (7.5 * 128 + 3 * 64) + planner.NON_TORCH_BYTES
+    kw = dict(gpu_memory_utilization=1.0, max_model_len=1024, max_num_batched_tokens=2048, compile="eager")
+    rest = 86_912 + 2048 * (6 * 128 + 6 * 64) + planner.NON_TORCH_BYTES
     just = planner.plan(TINY, _device(rest + 131_072), **kw)
     short = planner.plan(TINY, _device(rest + 131_072 - 1), **kw)
     assert just.fits and just.kv_tokens == 1024 and just.max_concurrency(1024) == 1
