@@ -43,7 +43,7 @@ False
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from . import hardware, kvcache, models, params
@@ -77,9 +77,6 @@ class GPU:
     link_bandwidth: float  # bytes/s per direction
     link_latency: float = 8e-6  # s per small all-reduce call on one host (assumed; lab 09 measures it)
     measured: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def _from_peak(p: hardware.Peak) -> GPU:
@@ -279,9 +276,6 @@ class MemoryPlan:
     def terms(self) -> dict[str, float]:
         """The split in GiB, in vLLM's words."""
         return {k: getattr(self, k) / GiB for k in ("weights", "activation", "non_torch", "cuda_graphs", "kv_bytes")}
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "fits": self.fits, "reason": self.reason}
 
 
 def positions(cfg: dict[str, Any]) -> int:
