@@ -206,3 +206,14 @@ def parse_vllm_log(text: str) -> dict[str, Any]:
     out["torch_compile"] = ("cold" if "Compiling a graph for" in text else
                             "warm" if "Directly load the compiled graph" in text else None)
     return out
+
+
+def describe_log(report: dict[str, Any]) -> str:
+    """`parse_vllm_log`'s fields that the log had, as one line (numbers in %g, words as they are).
+
+    >>> describe_log({"kv_cache_tokens": 417536.0, "weights_gib": 15.0, "cuda_graph_gib": None,
+    ...               "torch_compile": "warm"})
+    'kv_cache_tokens 417536, weights_gib 15, torch_compile warm'
+    """
+    return ", ".join(f"{k} {v:g}" if isinstance(v, (int, float)) else f"{k} {v}"
+                     for k, v in report.items() if v is not None)

@@ -21,10 +21,13 @@ bound (every weight byte read once per token at the memory bandwidth).
   (vocab x hidden x 2 + 4.3 x hidden x t bytes) that a warm start does not allocate.
 - CUDA graphs: 0.10 GiB + 0.16 MiB per piecewise graph piece (captured sizes x (layers + 1)) +
   0.47 B x layers x hidden x the sum of the FULL decode graphs' batch sizes (the captured sizes
-  up to max_num_seqs), scaled by the weight format (fp8 0.88, int8 0.935, int4 1.035).
+  up to max_num_seqs); the weight format scales the per-piece part (fp8 0.71, int8 0.86, int4
+  1.08: the same absolute change, 0.06-0.07 GiB for fp8, on a 0.5B and on 7-8B models, so it is
+  per piece, not a share of the whole; refitted with the H200's five starts of lab 09).
 - non-torch memory: `NON_TORCH_BYTES`, 0.22 GiB in every one of 53 engine starts on one H100
   (CUDA kernels and library handles loaded while profiling).
-The coefficients are fits to 56 vLLM 0.26 start-ups kept under results/gpu/h100 (three model
+The coefficients are fits to 56 vLLM 0.26 start-ups kept under results/gpu/h100 and five under
+results/gpu/h200 (three model
 shapes, eight formats, 512 to 24k batched tokens, 8 to 1024 sequences): every compiled row
 within about 10 %, most within 5 %.
 These are the planner's assumptions, in one place; lab 09 checks every term against the engine.
@@ -57,7 +60,7 @@ ACT_PER_TOKEN = (6.0, 6.0)  # peak activation bytes per batched token: x interme
 ACT_COMPILED = 0.05 * GiB  # ... plus this when the model runs compiled (not eager)
 ACT_COLD_PER_TOKEN = 4.3  # a cold torch.compile: vocab x hidden x 2 B + this x hidden bytes per token
 GRAPH_BASE, GRAPH_PER_PIECE, GRAPH_FULL = 0.10 * GiB, 0.16 * 2**20, 0.47  # CUDA-graph pool (fit)
-GRAPH_SCALE = {"fp8": 0.88, "int8": 0.935, "gptq": 1.035, "awq": 1.035, "w4a16": 1.035}
+GRAPH_SCALE = {"fp8": 0.71, "int8": 0.86, "gptq": 1.08, "awq": 1.08, "w4a16": 1.08}  # of the per-piece part
 COMPILE_STATES = ("cold", "warm", "eager")
 WEIGHT_DTYPES = {"bf16": "bf16", "fp16": "fp16", "fp8": "fp8", "int8": "int8", "int4": "gptq"}
 
@@ -200,7 +203,7 @@ def capture_sizes(max_num_seqs: int, max_num_batched_tokens: int) -> list[int]:
 def graph_bytes(cfg: dict[str, Any], sizes: list[int], max_num_seqs: int, dtype: str = "bf16", tp: int = 1) -> float:
     """CUDA-graph memory (vLLM 0.26, FULL_AND_PIECEWISE) for the captured batch `sizes`: a piecewise
     graph of layers + 1 pieces for each size, a FULL decode graph for each size up to
-    `max_num_seqs`; [] (eager) is none. Per rank; scaled by the weight format.
+    `max_num_seqs`; [] (eager) is none. Per rank; the weight format scales the per-piece part.
 
     >>> from labs_lib.models import load_config
     >>> cfg = load_config("Llama-3.1-8B")  # the H100: 0.58 GiB at 256 sequences, 0.97 at 512
@@ -212,8 +215,8 @@ def graph_bytes(cfg: dict[str, Any], sizes: list[int], max_num_seqs: int, dtype:
     c = models._text_config(cfg)
     layers, h = c["num_hidden_layers"], c["hidden_size"]
     full = sum(s for s in sizes if s <= max_num_seqs)
-    b = GRAPH_BASE + GRAPH_PER_PIECE * len(sizes) * (layers + 1) + GRAPH_FULL * layers * h / tp * full
-    return b * GRAPH_SCALE.get(WEIGHT_DTYPES.get(dtype, dtype), 1.0)
+    pieces = GRAPH_PER_PIECE * len(sizes) * (layers + 1) * GRAPH_SCALE.get(WEIGHT_DTYPES.get(dtype, dtype), 1.0)
+    return GRAPH_BASE + pieces + GRAPH_FULL * layers * h / tp * full
 
 
 # ------------------------------------------------------------------------------ the plan

@@ -106,3 +106,11 @@ def test_log_says_how_torch_compile_ran():
     assert kvcache.parse_vllm_log("INFO Compiling a graph for compile range (1, 8192)")["torch_compile"] == "cold"
     assert kvcache.parse_vllm_log("Directly load the compiled graph(s) for compile range")["torch_compile"] == "warm"
     assert kvcache.parse_vllm_log("GPU KV cache size: 16 tokens")["torch_compile"] is None
+
+
+def test_describe_log_formats_numbers_and_the_compile_word():
+    # lab 03 printed every field with :g and failed on the H200 once torch_compile was a word
+    r = kvcache.parse_vllm_log("Compiling a graph for compile range (1, 8192)\nGPU KV cache size: 834,128 tokens")
+    line = kvcache.describe_log(r)
+    assert "kv_cache_tokens 834128" in line and line.endswith("torch_compile cold")
+    assert "None" not in line

@@ -66,7 +66,8 @@ def test_graph_memory_counts_pieces_and_full_graphs():
     # 0.16 MiB x 3 sizes x 2 pieces + 0.47 B x 1 x 64 x (1 + 2)
     want = 0.10 * GiB + 0.16 * 2**20 * 3 * 2 + 0.47 * 64 * 3
     assert planner.graph_bytes(TINY, [1, 2, 4], 2) == pytest.approx(want)
-    assert planner.graph_bytes(TINY, [1, 2, 4], 2, dtype="fp8") == pytest.approx(0.88 * want)
+    # fp8 changes the pieces only (0.06-0.07 GiB less on a 0.5B and on 8B models alike)
+    assert planner.graph_bytes(TINY, [1, 2, 4], 2, dtype="fp8") == pytest.approx(want - 0.29 * 0.16 * 2**20 * 3 * 2)
     assert planner.graph_bytes(TINY, [], 2) == 0  # enforce_eager
 
 
