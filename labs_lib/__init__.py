@@ -15,6 +15,7 @@ Modules, by role:
 - nbparams  a notebook's `parameters` cell read with `ast`; `-p name=value` checked and typed
 - contention  is the machine busy with other work? (records of such runs are flagged)
 - batching    static vs continuous batching schedules: steps, idle slots, predicted time
+- speculative speculative decoding as arithmetic: tokens per step, cost per step, break-even
 """
 
 from __future__ import annotations
