@@ -186,7 +186,10 @@ def capped_run(llm: Any, prompts: list[list[int]], out_lens: list[int], concurre
     Steady state: from the first finished request (every slot is then refilled as it frees) to
     the moment no request is left waiting (the last submission, or for the engine's own queue
     the finish that admits its last request), the engine's own count of generated tokens
-    (`vllm:generation_tokens`) over that window gives `window_tok_s`. `wall_tok_s` counts the
+    (`vllm:generation_tokens`) over that window gives `window_tok_s`, and its step count
+    (`engine_steps`, None where not reported) the window's `steps`: seconds / steps is the mean
+    step, tokens / steps the mean number of sequences that decoded in a step (C only if every
+    slot decoded in every step). `wall_tok_s` counts the
     whole run, ramp-up and drain included. Each request's TTFT counts from its submission.
     """
     from vllm import SamplingParams
@@ -199,7 +202,7 @@ def capped_run(llm: Any, prompts: list[list[int]], out_lens: list[int], concurre
     ids: dict[str, int] = {}
     rows: list[dict[str, Any] | None] = [None] * n
     submitted = [0.0] * n
-    marks: list[tuple[float, int | None]] = []
+    marks: list[tuple[float, int | None, int | None]] = []  # (time, tokens generated, engine steps)
 
     def submit(i: int) -> None:
         sp = SamplingParams(max_tokens=out_lens[i], ignore_eos=True, temperature=0.0,
@@ -223,7 +226,7 @@ def capped_run(llm: Any, prompts: list[list[int]], out_lens: list[int], concurre
             rows[i] = _request_row(o) | {"submitted": submitted[i]}
             finished += 1
             if finished in (1, n - running) and len(marks) < 2:
-                marks.append((time.perf_counter(), engine_counter(llm, "vllm:generation_tokens")))
+                marks.append((time.perf_counter(), engine_counter(llm, "vllm:generation_tokens"), engine_steps(llm)))
             if nxt < n:
                 submit(nxt)
                 nxt += 1
@@ -232,7 +235,8 @@ def capped_run(llm: Any, prompts: list[list[int]], out_lens: list[int], concurre
     tokens = sum(r["n_out"] for r in done)
     window = None
     if len(marks) == 2 and marks[1][0] > marks[0][0] and None not in (marks[0][1], marks[1][1]):
-        window = {"seconds": marks[1][0] - marks[0][0], "tokens": marks[1][1] - marks[0][1]}
+        window = {"seconds": marks[1][0] - marks[0][0], "tokens": marks[1][1] - marks[0][1],
+                  "steps": _delta(marks[0][2], marks[1][2])}
     return {"concurrency": concurrency, "running": running, "wall_s": wall, "requests": done,
             "output_tokens": tokens, "wall_tok_s": tokens / wall, "window": window,
             "window_tok_s": window["tokens"] / window["seconds"] if window else tokens / wall,
@@ -312,6 +316,22 @@ def engine_counter(llm: Any, name: str) -> int | None:
             if hasattr(m, "value"):
                 return int(m.value)
     return None
+
+
+def window_step(point: dict[str, Any]) -> dict[str, float | None]:
+    """The steady window of a `capped_run` as the engine ran it: the mean step (`step_s`) and the
+    mean tokens a step generated (`tokens_per_step`, the sequences that decoded in it); None
+    where the engine reports no step count.
+
+    >>> window_step({"window": {"seconds": 2.0, "tokens": 8000, "steps": 40}})
+    {'step_s': 0.05, 'tokens_per_step': 200.0}
+    >>> window_step({"window": None})
+    {'step_s': None, 'tokens_per_step': None}
+    """
+    w = point.get("window") or {}
+    if not w.get("steps"):
+        return {"step_s": None, "tokens_per_step": None}
+    return {"step_s": w["seconds"] / w["steps"], "tokens_per_step": w["tokens"] / w["steps"]}
 
 
 def _delta(before: int | None, after: int | None) -> int | None:
