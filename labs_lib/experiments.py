@@ -27,7 +27,7 @@ from . import params
 from .procs import ManagedProcess, ServerStartError
 from .records import run_dir
 
-WORKERS = ("vllm_sweep", "hf_static_batches", "quant_setting", "quant_hf", "tp_run")
+WORKERS = ("vllm_sweep", "hf_static_batches", "quant_setting", "quant_hf", "tp_run", "spec_run")
 
 
 class WorkerTimeout(ServerStartError):
@@ -332,6 +332,92 @@ def window_step(point: dict[str, Any]) -> dict[str, float | None]:
     if not w.get("steps"):
         return {"step_s": None, "tokens_per_step": None}
     return {"step_s": w["seconds"] / w["steps"], "tokens_per_step": w["tokens"] / w["steps"]}
+
+
+SPEC_COUNTERS = ("num_drafts", "num_draft_tokens", "num_accepted_tokens")
+
+
+def spec_counters(llm: Any) -> dict[str, Any]:
+    """The engine's speculative-decoding counters in one scrape (`vllm:spec_decode_*`: drafts,
+    draft tokens, accepted tokens, accepted tokens per position), its generated tokens and its
+    steps (`engine_steps`); None for what this engine does not report (no speculation, stats off).
+    """
+    try:
+        metrics = llm.get_metrics()
+    except (AssertionError, AttributeError):
+        metrics = []
+    by = {m.name: m for m in metrics}
+
+    def num(name: str) -> int | None:
+        m = by.get(name)
+        v = getattr(m, "count", None) if m is not None and hasattr(m, "count") else getattr(m, "value", None)
+        return None if v is None else int(v)
+
+    per_pos = getattr(by.get("vllm:spec_decode_num_accepted_tokens_per_pos"), "values", None)
+    return {**{k: num(f"vllm:spec_decode_{k}") for k in SPEC_COUNTERS},
+            "accepted_per_pos": [int(v) for v in per_pos] if per_pos is not None else None,
+            "generated": num("vllm:generation_tokens"), "steps": num("vllm:iteration_tokens_total")}
+
+
+def counters_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """`after - before` for every field of `spec_counters` (per position: element by element).
+
+    >>> counters_delta({"num_drafts": 2, "accepted_per_pos": [1, 0], "steps": None},
+    ...                {"num_drafts": 7, "accepted_per_pos": [4, 2], "steps": 9})
+    {'num_drafts': 5, 'accepted_per_pos': [3, 2], 'steps': None}
+    """
+    out: dict[str, Any] = {}
+    for k, a in after.items():
+        b = before.get(k)
+        if isinstance(a, list):
+            out[k] = [x - y for x, y in zip(a, b or [0] * len(a), strict=True)]
+        else:
+            out[k] = _delta(b, a)
+    return out
+
+
+def spec_run(model: str, profile: dict[str, Any], engine: dict[str, Any], workloads: dict[str, list],
+             max_tokens: int, speculative: dict[str, Any] | None = None,
+             batches: list[int] | dict[str, list[int]] | None = None,
+             ignore_eos: bool = False, warmup: int = 2) -> dict[str, Any]:
+    """One engine, speculative when `speculative` (vLLM's `speculative_config`) is given, runs each
+    workload (`name -> prompts`, token ids) greedily at each batch
+    of `batches` (default [1]: one request at a time; b: groups of b submitted together; a dict
+    gives each workload its own batches). Per
+    workload and batch: each request's engine-timed TTFT / decode / TPOT and its tokens, the
+    wall time, and the counters' change over exactly those requests (`spec_counters`). `warmup`
+    requests first (the first steps of a fresh engine are slower: allocator, lazy kernels)."""
+    from vllm import SamplingParams
+
+    from .engine import offline_llm, request_times
+    from .models import resolve
+    from .tiers import Profile
+
+    spec, prof = resolve(model), Profile.from_dict(profile)
+    kw = {**engine, **({"speculative_config": speculative} if speculative else {})}
+    sp = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=ignore_eos)
+    t0 = time.perf_counter()
+    with offline_llm(spec, prof, **kw) as llm:
+        out: dict[str, Any] = {"startup_s": time.perf_counter() - t0, "speculative": speculative, "runs": {}}
+
+        def run(prompts: list) -> list[Any]:
+            return llm.generate([{"prompt_token_ids": p} for p in prompts], sp, use_tqdm=False)
+
+        first = next(iter(workloads.values()))
+        run((first * warmup)[:warmup])
+        for name, prompts in workloads.items():
+            for b in (batches.get(name, [1]) if isinstance(batches, dict) else batches or [1]):
+                before, rows, t1 = spec_counters(llm), [], time.perf_counter()
+                for i in range(0, len(prompts), b):
+                    for o in run(prompts[i:i + b]):
+                        t, ids = request_times(o), list(o.outputs[0].token_ids)
+                        rows.append({"n_out": len(ids), "ttft": t["ttft"], "decode": t["decode"],
+                                     "tpot": t["decode"] / (len(ids) - 1) if len(ids) > 1 else None,
+                                     "tokens": ids})
+                out["runs"][f"{name}@{b}"] = {"workload": name, "batch": b, "requests": rows,
+                                              "wall_s": time.perf_counter() - t1,
+                                              "counters": counters_delta(before, spec_counters(llm))}
+    return out
 
 
 def _delta(before: int | None, after: int | None) -> int | None:

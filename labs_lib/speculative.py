@@ -311,6 +311,27 @@ def check_monotone_positions(rates: Sequence[float], tol: float = 0.0) -> tuple[
     return worst <= t, worst
 
 
+def significant_rise(rates: Sequence[float], stderr: Sequence[float], sigmas: float = 3.0) -> tuple[bool, float]:
+    """Does acceptance rise with position by more than the sampling error says it could by
+    chance? For each next position: rise - `sigmas` x sqrt(se_i^2 + se_(i+1)^2), the standard
+    error of a difference of two independent estimates. Returns (ok, worst excess): ok when no
+    rise exceeds its tolerance (excess <= 0). Positions no draft reached (inf error) are left out.
+
+    >>> significant_rise([0.93, 1.0], [0.068, 0.0])   # 14 drafts: a 0.07 rise is 1 sigma
+    (True, -0.134)
+    >>> significant_rise([0.5, 0.9], [0.02, 0.02])[0]            # 0.4 over 0.085: a real rise
+    False
+    """
+    r = _rates("rates", rates)
+    if len(stderr) != len(r):
+        raise ValueError(f"stderr needs one value per rate ({len(r)}), got {len(stderr)}")
+    keep = [(a, e) for a, e in zip(r, stderr, strict=True) if math.isfinite(e)]
+    excess = [b - a - _non_negative("sigmas", sigmas) * math.sqrt(ea ** 2 + eb ** 2)
+              for (a, ea), (b, eb) in zip(keep, keep[1:], strict=False)]
+    worst = round(max(excess, default=-math.inf), 3)
+    return worst <= 0, worst
+
+
 def tokens_from_counters(steps: float, num_accepted: float) -> int:
     """Tokens sampled, before a stop trims any: one per request-step that sampled (the bonus or
     corrected token, or the plain token of a step without a draft) + the accepted draft tokens.
@@ -474,6 +495,72 @@ def sweep_table(baseline_step_s: float, target_verify_s: Mapping[int, float], dr
                          "tpot_s": tpot, "speedup": baseline_step_s / tpot,
                          "breakeven_alpha": even})
     return rows
+
+
+# ---- measured runs: summary, the verify step, the prediction ----------------------------------
+
+def run_summary(run: dict[str, Any]) -> dict[str, Any]:
+    """One run of `experiments.spec_run` (a workload at one batch: its requests and the counters'
+    change over them) in the figures lab 10 compares: tokens, the engine-timed decode time and
+    decode tokens (first token excluded: it comes from the prefill step), TPOT = decode time /
+    decode tokens, tokens per request-step (1 without speculation) and, where drafts were made,
+    the acceptance (`rates_from_counters`) and at batch 1 the token identity
+    (`check_token_count`: at batch 1 an engine step is one request-step).
+
+    >>> reqs = [{"n_out": 33, "decode": 0.16}, {"n_out": 17, "decode": 0.08}]
+    >>> c = {"num_drafts": 12, "num_draft_tokens": 48, "num_accepted_tokens": 30,
+    ...      "accepted_per_pos": [10, 8, 7, 5], "steps": 20, "generated": 50}
+    >>> r = run_summary({"batch": 1, "requests": reqs, "counters": c})
+    >>> r["tpot_s"], r["tokens_per_step"], r["acceptance"]["acceptance_length"], r["identity"]["ok"]
+    (0.005, 2.5, 3.5, True)
+    """
+    reqs, c, batch = run["requests"], run["counters"], run.get("batch", 1)
+    if not reqs:
+        raise ValueError("run_summary needs a run with at least one request")
+    tokens = sum(r["n_out"] for r in reqs)
+    dec_tokens = sum(r["n_out"] - 1 for r in reqs)
+    dec_s = sum(r["decode"] for r in reqs)
+    drafts = c.get("num_drafts") or 0
+    accepted = c.get("num_accepted_tokens") or 0
+    out: dict[str, Any] = {"batch": batch, "requests": len(reqs), "tokens": tokens, "decode_s": dec_s,
+                           "decode_tokens": dec_tokens, "tpot_s": dec_s / dec_tokens if dec_tokens else None,
+                           "drafts": drafts, "accepted": accepted, "steps": c.get("steps"),
+                           "tokens_per_step": tokens / (tokens - accepted), "acceptance": None, "identity": None}
+    if drafts:
+        out["acceptance"] = rates_from_counters(drafts, c["accepted_per_pos"], c.get("num_draft_tokens"))
+        if batch == 1 and c.get("steps") is not None:
+            out["identity"] = check_token_count(tokens, steps=c["steps"], num_accepted=accepted,
+                                                num_requests=len(reqs), k=out["acceptance"]["k"])
+    return out
+
+
+def verify_step_seconds(spec: dict[str, Any], plain_step_s: float) -> float:
+    """The cost of one decode step that verifies a draft, from a speculative batch-1 run
+    (`run_summary`) whose plain steps cost `plain_step_s` (the same workload's TPOT without
+    speculation): decode time = (decode steps - drafted steps) x plain + drafted x verify, with
+    decode steps = engine steps - requests (each request's first step is its prefill).
+
+    >>> round(verify_step_seconds({"decode_s": 1.0, "steps": 60, "requests": 4, "drafts": 40}, 0.02), 6)
+    0.017
+    """
+    d = _count("drafts", spec["drafts"])
+    if d == 0:
+        raise ValueError("the run drafted nothing: its verify step cannot be measured (use a "
+                         "workload the proposer can draft for, e.g. a copy of the prompt)")
+    plain = spec["steps"] - spec["requests"] - d
+    return (spec["decode_s"] - plain * _non_negative("plain_step_s", plain_step_s)) / d
+
+
+def predicted_decode_tpot(spec: dict[str, Any], plain_step_s: float, verify_s: float) -> float:
+    """TPOT the two step costs predict for a speculative batch-1 run from its own counters:
+    ((decode steps - drafted) x plain + drafted x verify) / decode tokens.
+
+    >>> round(predicted_decode_tpot({"steps": 30, "requests": 2, "drafts": 20, "decode_tokens": 80},
+    ...                             0.02, 0.025), 6)   # (8 x 20 + 20 x 25) ms / 80
+    0.00825
+    """
+    plain = spec["steps"] - spec["requests"] - spec["drafts"]
+    return (plain * plain_step_s + spec["drafts"] * verify_s) / spec["decode_tokens"]
 
 
 # ---- streaming: per chunk vs per token ----------------------------------------------------------

@@ -310,3 +310,46 @@ def test_published_anchors_say_what_they_quote():
         assert (a.speedup < 1) == slower, a.name
         assert (1 / a.speedup if slower else a.speedup) == pytest.approx(quoted), a.name
         assert a.status == "published" and a.url.startswith("https://") and a.conditions
+
+
+# ---- measured runs (lab 10's analysis of experiments.spec_run) -----------------------------------
+
+def _run(requests, batch=1, **counters):
+    base = {"num_drafts": None, "num_draft_tokens": None, "num_accepted_tokens": None,
+            "accepted_per_pos": None, "steps": None, "generated": None}
+    return {"batch": batch, "requests": requests, "counters": base | counters}
+
+
+def test_run_summary_plain_run_has_one_token_per_step_and_no_acceptance():
+    r = spec.run_summary(_run([{"n_out": 11, "decode": 0.10}, {"n_out": 6, "decode": 0.05}], steps=17))
+    assert r["tpot_s"] == pytest.approx(0.15 / 15)  # the first token of each request is the prefill's
+    assert r["tokens_per_step"] == 1.0 and r["acceptance"] is None and r["identity"] is None
+
+
+def test_run_summary_checks_the_token_identity_at_batch_one_only():
+    reqs = [{"n_out": 20, "decode": 0.1}]
+    c = dict(num_drafts=5, num_draft_tokens=20, num_accepted_tokens=12, accepted_per_pos=[5, 4, 2, 1])
+    good = spec.run_summary(_run(reqs, steps=8, **c))  # 8 steps + 12 accepted = 20 received
+    assert good["identity"]["ok"] and good["identity"]["trimmed"] == 0
+    bad = spec.run_summary(_run(reqs, steps=3, **c))  # 15 < 20: the counters miss tokens
+    assert not bad["identity"]["ok"]
+    assert spec.run_summary(_run(reqs, batch=4, steps=8, **c))["identity"] is None  # a step serves 4 requests
+
+
+def test_verify_step_and_prediction_round_trip():
+    # 2 requests, 30 engine steps: 2 prefill, 20 drafted, 8 plain at 20 ms; verify steps 25 ms
+    run = {"decode_s": 8 * 0.020 + 20 * 0.025, "steps": 30, "requests": 2, "drafts": 20, "decode_tokens": 80}
+    v = spec.verify_step_seconds(run, 0.020)
+    assert v == pytest.approx(0.025)
+    assert spec.predicted_decode_tpot(run, 0.020, v) == pytest.approx(run["decode_s"] / 80)
+    with pytest.raises(ValueError, match="drafted nothing"):
+        spec.verify_step_seconds(run | {"drafts": 0}, 0.020)
+
+
+def test_significant_rise_uses_the_error_of_the_difference():
+    assert spec.significant_rise([0.6, 0.7], [0.05, 0.05])[0]  # 0.1 < 3 x 0.071
+    ok, excess = spec.significant_rise([0.6, 0.9], [0.05, 0.05])
+    assert not ok and excess == pytest.approx(0.3 - 3 * (2 * 0.05**2) ** 0.5, abs=1e-3)
+    assert spec.significant_rise([0.9, 0.2, 1.0], [0.01, 0.05, float("inf")])[0]  # unreached position left out
+    with pytest.raises(ValueError, match="one value per rate"):
+        spec.significant_rise([0.5, 0.4], [0.1])
