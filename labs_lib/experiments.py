@@ -302,20 +302,30 @@ def engine_steps(llm: Any) -> int | None:
     return engine_counter(llm, "vllm:iteration_tokens_total")
 
 
-def engine_counter(llm: Any, name: str) -> int | None:
-    """The engine's own count for metric `name` (`LLM.get_metrics()`): a counter's value, or a
-    histogram's sample count; None where the engine does not report it (stats off, older vLLM)."""
+def _metrics(llm: Any) -> dict[str, Any]:
+    """The engine's metrics by name (`LLM.get_metrics()`); {} where it reports none."""
     try:
         metrics = llm.get_metrics()
     except (AssertionError, AttributeError):  # stats off ("Stat logging disabled"), or an older vLLM
-        return None
+        return {}
+    by: dict[str, Any] = {}
     for m in metrics:
-        if m.name == name:
-            if hasattr(m, "count"):
-                return int(m.count)
-            if hasattr(m, "value"):
-                return int(m.value)
+        by.setdefault(m.name, m)  # the first of a name, as a scan of the list finds it
+    return by
+
+
+def _count_of(metric: Any) -> int | None:
+    """A counter's value or a histogram's sample count; None for a missing metric."""
+    for attr in ("count", "value"):
+        if hasattr(metric, attr):
+            return int(getattr(metric, attr))
     return None
+
+
+def engine_counter(llm: Any, name: str) -> int | None:
+    """The engine's own count for metric `name` (`LLM.get_metrics()`): a counter's value, or a
+    histogram's sample count; None where the engine does not report it (stats off, older vLLM)."""
+    return _count_of(_metrics(llm).get(name))
 
 
 def window_step(point: dict[str, Any]) -> dict[str, float | None]:
@@ -342,21 +352,12 @@ def spec_counters(llm: Any) -> dict[str, Any]:
     draft tokens, accepted tokens, accepted tokens per position), its generated tokens and its
     steps (`engine_steps`); None for what this engine does not report (no speculation, stats off).
     """
-    try:
-        metrics = llm.get_metrics()
-    except (AssertionError, AttributeError):
-        metrics = []
-    by = {m.name: m for m in metrics}
-
-    def num(name: str) -> int | None:
-        m = by.get(name)
-        v = getattr(m, "count", None) if m is not None and hasattr(m, "count") else getattr(m, "value", None)
-        return None if v is None else int(v)
-
+    by = _metrics(llm)
     per_pos = getattr(by.get("vllm:spec_decode_num_accepted_tokens_per_pos"), "values", None)
-    return {**{k: num(f"vllm:spec_decode_{k}") for k in SPEC_COUNTERS},
+    return {**{k: _count_of(by.get(f"vllm:spec_decode_{k}")) for k in SPEC_COUNTERS},
             "accepted_per_pos": [int(v) for v in per_pos] if per_pos is not None else None,
-            "generated": num("vllm:generation_tokens"), "steps": num("vllm:iteration_tokens_total")}
+            "generated": _count_of(by.get("vllm:generation_tokens")),
+            "steps": _count_of(by.get("vllm:iteration_tokens_total"))}
 
 
 def counters_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:

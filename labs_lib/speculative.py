@@ -127,8 +127,8 @@ def alpha_for_length(length: float, k: int, tol: float = 1e-12) -> float:
     """The uniform rate alpha whose `expected_tokens_uniform(alpha, k)` is `length` (bisection:
     tokens per step rise with alpha). Turns a measured or configured mean acceptance length
     (vLLM's `synthetic_acceptance_length`, or `acceptance_length` of a run) into one number
-    comparable across k. vLLM itself does NOT make its synthetic acceptance uniform: see
-    `synthetic_rates` for the per-position rates it resolves a length to.
+    comparable across k. vLLM itself does NOT make its synthetic acceptance uniform: a length
+    becomes a step schedule (3.25 at k = 4: unconditional rates 1, 1, 0.25, 0), same mean.
 
     >>> alpha_for_length(1.875, 3)
     0.5
@@ -149,45 +149,6 @@ def alpha_for_length(length: float, k: int, tol: float = 1e-12) -> float:
         else:
             hi = mid
     return round((lo + hi) / 2, 9)
-
-
-def synthetic_rates(length: float, k: int) -> list[float]:
-    """The unconditional per-position rates (u_i = P(drafts 1..i all accepted)) that vLLM's
-    synthetic rejection sampler uses for `synthetic_acceptance_length=length`: the
-    minimum-variance schedule, whole positions always accepted, one partial, the rest never
-    (`SpeculativeConfig._acceptance_length_to_rates`, read in vLLM 0.32). Its mean is `length`
-    exactly, like the uniform alpha of `alpha_for_length`, but the per-position shape is a step,
-    not a geometric decay. `conditional_rates` turns it into the a_i the sampler draws with.
-
-    >>> synthetic_rates(2.5, 3)   # 1.5 accepted drafts per step: position 1 always, 2 half the time
-    [1.0, 0.5, 0.0]
-    >>> conditional_rates(synthetic_rates(2.5, 3))
-    [1.0, 0.5, 0.0]
-    """
-    k = params.positive_int("k", k)
-    target = _number("length", length)
-    if not 1.0 <= target <= k + 1:
-        raise ValueError(f"length must be in [1, k + 1] = [1, {k + 1}] for k={k}, got {length!r}")
-    drafts = target - 1
-    full = int(drafts)
-    return ([1.0] * full + [round(drafts - full, 12)] + [0.0] * k)[:k]
-
-
-def conditional_rates(unconditional: Sequence[float]) -> list[float]:
-    """Conditional rates a_i = u_i / u_(i-1) (u_0 = 1) from unconditional ones u_i = P(drafts
-    1..i all accepted). A position behind one that was never reached gets 0.0 (undefined; vLLM
-    uses the same convention, and it changes no expected token count).
-
-    >>> conditional_rates([0.8, 0.48])   # 0.48 / 0.8
-    [0.8, 0.6]
-    """
-    u = _rates("unconditional", unconditional)
-    for i in range(1, len(u)):
-        if u[i] > u[i - 1] + 1e-12:
-            raise ValueError(f"unconditional[{i}] = {u[i]} exceeds unconditional[{i - 1}] = "
-                             f"{u[i - 1]}: P(drafts 1..i accepted) cannot rise with i; were "
-                             "conditional rates passed instead?")
-    return [round(p / q, 12) if q > 0 else 0.0 for p, q in zip(u, [1.0, *u[:-1]], strict=True)]
 
 
 # ---- vLLM's counters ----------------------------------------------------------------------------
@@ -287,28 +248,6 @@ def rates_from_counters(num_drafts: float, accepted_per_pos: Any,
         out["draft_acceptance_rate"] = round(sum(acc) / drafted, 12) if drafted else 0.0
         out["full_drafts"] = drafted == len(acc) * drafts
     return out
-
-
-def check_monotone_positions(rates: Sequence[float], tol: float = 0.0) -> tuple[bool, float]:
-    """Does acceptance not rise with position? (ok, worst rise): the largest rates[i+1] -
-    rates[i] (0.0 if none rises), and ok when it is at most `tol`.
-
-    Pass conditional rates (`rates_from_counters(...)["conditional"]`). Unconditional rates
-    cannot rise by construction of vLLM's counters, so checking them only tests the parsing.
-    Conditional ones usually fall (a drafter guessing further ahead errs more) but need not: an
-    ngram draft copying a passage tends to stay right once its first tokens match. Set `tol` from
-    the sampling error, e.g. 3 x the deeper position's `conditional_stderr`.
-
-    >>> check_monotone_positions([0.8, 0.6, 0.5])
-    (True, 0.0)
-    >>> check_monotone_positions([0.8, 0.6, 0.7], tol=0.05)   # position 3 rises by 0.1
-    (False, 0.1)
-    """
-    r = _rates("rates", rates)
-    t = _non_negative("tol", tol)
-    worst = max([0.0, *(b - a for a, b in zip(r, r[1:], strict=False))])
-    worst = round(worst, 12)
-    return worst <= t, worst
 
 
 def significant_rise(rates: Sequence[float], stderr: Sequence[float], sigmas: float = 3.0) -> tuple[bool, float]:
@@ -490,7 +429,7 @@ def sweep_table(baseline_step_s: float, target_verify_s: Mapping[int, float], dr
                 if tokens > k + 1:
                     continue  # impossible at this k: a step emits at most k + 1 tokens
                 alpha = alpha_for_length(tokens, k)
-            tpot = cost / tokens
+            tpot = predicted_tpot(verify, draft_step_s, k, tokens, proposer_overhead_s)
             rows.append({"k": k, "alpha": alpha, "tokens_per_step": tokens, "step_s": cost,
                          "tpot_s": tpot, "speedup": baseline_step_s / tpot,
                          "breakeven_alpha": even})
@@ -626,17 +565,6 @@ def pooled_itl(streams: Iterable[tuple[Sequence[float], Sequence[int]]]) -> dict
     return {"per_chunk": timing.summarize(per_chunk), "per_token": timing.summarize(per_token),
             "per_chunk_gaps": per_chunk, "per_token_gaps": per_token,
             "tokens": tokens, "chunks": chunks, "tokens_per_chunk": round(tokens / chunks, 10)}
-
-
-def per_token_vs_per_chunk_itl(chunk_times: Sequence[float], chunk_sizes: Sequence[int]
-                               ) -> dict[str, Any]:
-    """`pooled_itl` of one stream: chunk arrival times (s) and tokens per chunk.
-
-    >>> r = per_token_vs_per_chunk_itl([0.0, 0.03, 0.06, 0.09], [1, 3, 3, 3])   # k = 2, all accepted
-    >>> r["per_chunk"].n, r["per_token"].n, round(r["per_chunk"].mean / r["per_token"].mean, 6)
-    (3, 9, 3.0)
-    """
-    return pooled_itl([(chunk_times, chunk_sizes)])
 
 
 # ---- published anchors --------------------------------------------------------------------------

@@ -43,24 +43,11 @@ def test_alpha_for_length_hand_case_and_range():
         spec.alpha_for_length(0.9, 3)
 
 
-def test_synthetic_rates_keep_the_mean_but_not_the_uniform_shape():
-    # vLLM turns synthetic_acceptance_length 3.25 at k = 4 into drafts 1, 2 always, 3 a quarter of the time
-    u = spec.synthetic_rates(3.25, 4)
-    assert u == [1.0, 1.0, 0.25, 0.0]
-    assert 1 + sum(u) == pytest.approx(3.25)
-    assert spec.expected_tokens_per_step(spec.conditional_rates(u)) == pytest.approx(3.25)
-    # the uniform rate with the same mean: 1 + .7827 + .6126 + .4795 + .3753 = 3.25 ...
+def test_uniform_rate_of_a_synthetic_length():
+    # vLLM's synthetic_acceptance_length 3.25 at k = 4 as one uniform rate: 1 + a + a^2 + a^3 + a^4 = 3.25
     alpha = spec.alpha_for_length(3.25, 4)
     assert alpha == pytest.approx(0.7827, abs=1e-4)
-    assert alpha not in spec.conditional_rates(u)  # ... is none of the rates the synthetic sampler draws with
-    assert spec.synthetic_rates(1.0, 3) == [0.0, 0.0, 0.0] and spec.synthetic_rates(4.0, 3) == [1.0] * 3
-
-
-def test_conditional_rates_divide_consecutive_unconditional_ones():
-    assert spec.conditional_rates([0.9, 0.45, 0.09]) == pytest.approx([0.9, 0.5, 0.2])
-    assert spec.conditional_rates([0.5, 0.0, 0.0]) == [0.5, 0.0, 0.0]  # unreached: 0.0, as vLLM
-    with pytest.raises(ValueError, match=r"unconditional\[1\].*cannot rise"):
-        spec.conditional_rates([0.5, 0.6])
+    assert spec.expected_tokens_uniform(alpha, 4) == pytest.approx(3.25)
 
 
 def test_rates_must_be_fractions():
@@ -126,16 +113,6 @@ def test_short_drafts_are_flagged():
     assert spec.rates_from_counters(100, [70, 40, 20], num_draft_tokens=300)["full_drafts"] is True
     with pytest.raises(ValueError, match=r"num_draft_tokens = 301 must lie between.*k x num_drafts \(300\)"):
         spec.rates_from_counters(100, [70, 40, 20], num_draft_tokens=301)
-
-
-def test_monotone_check_finds_the_worst_rise():
-    assert spec.check_monotone_positions([0.9, 0.7, 0.7, 0.4]) == (True, 0.0)  # flat is not a rise
-    ok, rise = spec.check_monotone_positions([0.8, 0.5, 0.6, 0.65, 0.9])  # rises 0.1, 0.05, 0.25
-    assert not ok and rise == pytest.approx(0.25)
-    assert spec.check_monotone_positions([0.8, 0.5, 0.6], tol=0.1) == (True, pytest.approx(0.1))
-    assert spec.check_monotone_positions([0.3]) == (True, 0.0)
-    with pytest.raises(ValueError, match="tol must be >= 0"):
-        spec.check_monotone_positions([0.8, 0.6], tol=-0.01)
 
 
 def _simulate_engine(n_requests, max_tokens, k, rate, seed=0):
@@ -264,7 +241,7 @@ def test_sweep_table_never_pays_and_errors():
 
 def test_per_token_gaps_spread_each_chunk_and_match_the_client():
     times, sizes = [0.20, 0.26, 0.29, 0.35], [2, 3, 1, 3]
-    r = spec.per_token_vs_per_chunk_itl(times, sizes)
+    r = spec.pooled_itl([(times, sizes)])
     assert r["per_chunk_gaps"] == pytest.approx([0.06, 0.03, 0.06])
     # first chunk: 1 gap of 0; then 3 x 0.02, 1 x 0.03, 3 x 0.02
     assert r["per_token_gaps"] == pytest.approx([0.0, 0.02, 0.02, 0.02, 0.03, 0.02, 0.02, 0.02])
@@ -279,7 +256,7 @@ def test_per_token_gaps_spread_each_chunk_and_match_the_client():
 
 def test_one_token_chunks_make_both_views_equal():
     times = [0.1 + 0.01 * i + 0.003 * (i % 3) for i in range(30)]
-    r = spec.per_token_vs_per_chunk_itl(times, [1] * 30)
+    r = spec.pooled_itl([(times, [1] * 30)])
     assert r["per_chunk_gaps"] == r["per_token_gaps"]
     assert r["per_chunk"].p99 == r["per_token"].p99 and r["tokens_per_chunk"] == 1.0
 
@@ -288,13 +265,13 @@ def test_pooled_streams_and_stream_errors():
     r = spec.pooled_itl([([0.0, 0.04], [1, 4]), ([0.5], [3]), ([1.0, 1.01, 1.02], [1, 1, 1])])
     assert r["per_chunk"].n == 3 and r["per_token"].n == 4 + 2 + 2  # the single chunk adds 2 zeros
     with pytest.raises(ValueError, match="one entry per chunk, got 3 times and 2 sizes"):
-        spec.per_token_vs_per_chunk_itl([0.0, 0.1, 0.2], [1, 1])
+        spec.pooled_itl([([0.0, 0.1, 0.2], [1, 1])])
     with pytest.raises(ValueError, match=r"chunk_times of streams\[0\] must not decrease"):
-        spec.per_token_vs_per_chunk_itl([0.0, 0.2, 0.1], [1, 1, 1])
+        spec.pooled_itl([([0.0, 0.2, 0.1], [1, 1, 1])])
     with pytest.raises(ValueError, match=r"chunk_sizes\[1\] of streams\[0\] must be an int >= 1"):
-        spec.per_token_vs_per_chunk_itl([0.0, 0.2], [1, 0])
+        spec.pooled_itl([([0.0, 0.2], [1, 0])])
     with pytest.raises(ValueError, match="two chunks or more"):
-        spec.per_token_vs_per_chunk_itl([0.3], [5])
+        spec.pooled_itl([([0.3], [5])])
     with pytest.raises(ValueError, match=r"streams\[1\] must be a pair"):
         spec.pooled_itl([([0.0, 0.1], [1, 1]), [0.1, 0.2, 0.3]])
 
