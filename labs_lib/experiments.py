@@ -380,14 +380,22 @@ def counters_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, A
 def spec_run(model: str, profile: dict[str, Any], engine: dict[str, Any], workloads: dict[str, list],
              max_tokens: int, speculative: dict[str, Any] | None = None,
              batches: list[int] | dict[str, list[int]] | None = None,
-             ignore_eos: bool = False, warmup: int = 2) -> dict[str, Any]:
+             ignore_eos: bool = False, warmup: int = 2, warm_each: bool = False,
+             repeats: int = 1) -> dict[str, Any]:
     """One engine, speculative when `speculative` (vLLM's `speculative_config`) is given, runs each
     workload (`name -> prompts`, token ids) greedily at each batch
     of `batches` (default [1]: one request at a time; b: groups of b submitted together; a dict
     gives each workload its own batches). Per
     workload and batch: each request's engine-timed TTFT / decode / TPOT and its tokens, the
     wall time, and the counters' change over exactly those requests (`spec_counters`). `warmup`
-    requests first (the first steps of a fresh engine are slower: allocator, lazy kernels)."""
+    requests first (the first steps of a fresh engine are slower: allocator, lazy kernels).
+
+    `warm_each`: before timing a workload at a batch, run it once untimed at that batch. vLLM's
+    speculative kernels are Triton kernels compiled on first use for each batch size (Triton
+    specializes integer arguments such as the number of requests), and vLLM's own warm-up never
+    drafts, so without this the first group at each batch compiles inside a timed request.
+    `repeats`: time the workload that many times at each batch; each request row carries its
+    `repeat` (`speculative.run_summary` takes the median over repeats)."""
     from vllm import SamplingParams
 
     from .engine import offline_llm, request_times
@@ -408,13 +416,17 @@ def spec_run(model: str, profile: dict[str, Any], engine: dict[str, Any], worklo
         run((first * warmup)[:warmup])
         for name, prompts in workloads.items():
             for b in (batches.get(name, [1]) if isinstance(batches, dict) else batches or [1]):
+                groups = [prompts[i:i + b] for i in range(0, len(prompts), b)]
+                for g in groups if warm_each else []:
+                    run(g)
                 before, rows, t1 = spec_counters(llm), [], time.perf_counter()
-                for i in range(0, len(prompts), b):
-                    for o in run(prompts[i:i + b]):
-                        t, ids = request_times(o), list(o.outputs[0].token_ids)
-                        rows.append({"n_out": len(ids), "ttft": t["ttft"], "decode": t["decode"],
-                                     "tpot": t["decode"] / (len(ids) - 1) if len(ids) > 1 else None,
-                                     "tokens": ids})
+                for r in range(repeats):
+                    for g in groups:
+                        for o in run(g):
+                            t, ids = request_times(o), list(o.outputs[0].token_ids)
+                            rows.append({"n_out": len(ids), "ttft": t["ttft"], "decode": t["decode"],
+                                         "tpot": t["decode"] / (len(ids) - 1) if len(ids) > 1 else None,
+                                         "tokens": ids, "repeat": r})
                 out["runs"][f"{name}@{b}"] = {"workload": name, "batch": b, "requests": rows,
                                               "wall_s": time.perf_counter() - t1,
                                               "counters": counters_delta(before, spec_counters(llm))}

@@ -270,6 +270,52 @@ def measure_linear(
             "flops_per_s": flops / s.p50, "bytes_per_s": nbytes / s.p50, "summary": s}
 
 
+def measure_linear_sweep(
+    tokens: Sequence[int], d: int, device: str, dtype: str = "bf16", *, peak_n: int = 2048,
+    warmup: int = 3, repeats: int = 10,
+) -> dict[str, Any]:
+    """`measure_linear` at every token count of `tokens`, interleaved (`_interleaved`) with an
+    n x n x n matmul (`peak_n`, as `measure_matmul`): each layer's share of the compute peak then
+    compares two rates timed in the same stretch of time, so a busy machine slows both alike
+    instead of flipping the share (a peak measured a minute earlier, while the machine was idle,
+    makes every later layer look far below it).
+
+    Returns {"layers": {T: the fields of `measure_linear`, plus `peak_share`}, "peak": {"n",
+    "flops", "flops_per_s", "summary"}}.
+    """
+    import torch
+
+    dev = _device(device)
+    ts = params.positive_ints("tokens", list(tokens))
+    params.positive_int("d", d)
+    params.int_in_range("peak_n", peak_n, 16)
+    dt = _torch_dtype(dtype)
+    elt = torch.finfo(dt).bits // 8
+    g = torch.Generator(device=dev).manual_seed(0)
+    w = torch.randn(d, d, device=dev, dtype=dt, generator=g)
+    xs = {t: torch.randn(t, d, device=dev, dtype=dt, generator=g) for t in ts}
+    a = torch.randn(peak_n, peak_n, device=dev, dtype=dt, generator=g)
+    b = torch.randn(peak_n, peak_n, device=dev, dtype=dt, generator=g)
+    passes: dict[Any, Callable[[], Any]] = {t: (lambda x=x: x @ w) for t, x in xs.items()}
+    passes["peak"] = lambda: a @ b
+    stats = _interleaved(passes, dev, warmup, repeats)
+    peak_flops = 2 * peak_n**3
+    peak = {"n": peak_n, "flops": peak_flops, "flops_per_s": peak_flops / stats["peak"].p50,
+            "summary": stats["peak"]}
+    layers = {}
+    for t in ts:
+        s = stats[t]
+        flops, nbytes = 2 * t * d * d, (2 * t * d + d * d) * elt
+        layers[t] = {"kernel": "linear", "device": dev, "dtype": dtype, "tokens": t, "d": d,
+                     "flops": flops, "bytes": nbytes, "intensity": flops / nbytes,
+                     "flops_per_s": flops / s.p50, "bytes_per_s": nbytes / s.p50, "summary": s,
+                     "peak_share": flops / s.p50 / peak["flops_per_s"]}
+    w = a = b = None
+    xs = {}
+    _release(dev)
+    return {"layers": layers, "peak": peak}
+
+
 def _interleaved(passes: dict[Any, Callable[[], Any]], dev: str, warmup: int, repeats: int
                  ) -> dict[Any, timing.Summary]:
     """Time each of `passes` (a key such as a batch size -> call) `repeats` times, interleaved:

@@ -91,3 +91,14 @@ def test_decode_layers_rejects_bad_input(kw, match):
     with pytest.raises(ValueError, match=match):
         hardware.measure_decode_layers(**{"batches": [1], "shapes": [(8, 8)], "device": "cpu", "dtype": "fp32",
                                           "repeats": 1, **kw})
+
+
+def test_measure_linear_sweep_times_every_layer_beside_the_peak():
+    r = hardware.measure_linear_sweep([1, 4], 32, "cpu", "fp32", peak_n=32, warmup=1, repeats=3)
+    assert set(r["layers"]) == {1, 4} and r["peak"]["n"] == 32
+    for t, x in r["layers"].items():
+        assert x["flops"] == 2 * t * 32 * 32 and x["bytes"] == (2 * t * 32 + 32 * 32) * 4
+        assert x["summary"].n == 3
+        assert x["peak_share"] == pytest.approx(x["flops_per_s"] / r["peak"]["flops_per_s"])
+    with pytest.raises(ValueError, match="tokens"):
+        hardware.measure_linear_sweep([0], 32, "cpu")
