@@ -118,11 +118,22 @@ def gpu(name: str) -> GPU:
 
 
 def measured_gpu(name: str, memory: float, bandwidth: float, flops_per_s: float, dtype: str = "bf16") -> GPU:
-    """The GPU of this machine with its measured bandwidth and matmul rate (links from the
-    datasheet row if there is one)."""
+    """The GPU of this machine with its measured bandwidth and matmul rate for `dtype` (links from
+    the datasheet row if there is one). The datasheet's other dtypes stay, each scaled by the
+    measured share of the datasheet's `dtype` rate: the table then knows that this GPU runs fp8
+    (an estimate of its rate, not a measurement; only `dtype` was timed).
+
+    >>> g = measured_gpu("NVIDIA H200", 140e9, 4.1e12, 780e12)
+    >>> g.flops["bf16"] == 780e12, round(g.flops["fp8"] / g.flops["bf16"], 2)
+    (True, 2.0)
+    """
     p = hardware.published_peak(name)
     link, link_bw = (p.link, p.link_gbs * 1e9) if p else ("PCIe 4.0 x16", 32e9)
-    return GPU(name, memory, bandwidth, {dtype: flops_per_s}, link, link_bw, _latency(link), measured=True)
+    flops = {dtype: flops_per_s}
+    if p and p.flops(dtype):
+        share = flops_per_s / p.flops(dtype)
+        flops = {**{d: f * share for d, f in _from_peak(p).flops.items()}, dtype: flops_per_s}
+    return GPU(name, memory, bandwidth, flops, link, link_bw, _latency(link), measured=True)
 
 
 def _latency(link: str) -> float:

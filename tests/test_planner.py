@@ -185,3 +185,11 @@ def test_compare_tokens_and_logprob_gap():
     with pytest.raises(ValueError, match="same prompts"):
         parallel.compare_tokens([[1]], [[1], [2]])
     assert parallel.max_logprob_gap([[-1.0]], [[-1.25]]) == 0.25
+
+
+def test_measured_host_keeps_the_datasheet_dtypes_so_the_table_plans_fp8_on_it():
+    host = planner.measured_gpu("NVIDIA H200", 140e9, 4.1e12, 780e12)
+    rows = planner.table(["Llama-3.1-8B"], [host], dtypes=["bf16", "fp8"], tps=[1], contexts=[4096])
+    assert {r["dtype"] for r in rows} == {"bf16", "fp8"} and all(r["measured"] for r in rows)
+    unknown = planner.measured_gpu("Some GPU", 16e9, 300e9, 65e12, "fp16")  # no datasheet row
+    assert unknown.flops == {"fp16": 65e12}
