@@ -391,7 +391,7 @@ def spec_run(model: str, profile: dict[str, Any], engine: dict[str, Any], worklo
     requests first (the first steps of a fresh engine are slower: allocator, lazy kernels).
 
     `warm_each`: before timing a workload at a batch, run it once untimed at that batch. vLLM's
-    speculative kernels are Triton kernels compiled on first use for each batch size (Triton
+    speculative kernels are Triton kernels compiled on first use for the shapes they meet (Triton
     specializes integer arguments such as the number of requests), and vLLM's own warm-up never
     drafts, so without this the first group at each batch compiles inside a timed request.
     `repeats`: time the workload that many times at each batch; each request row carries its
