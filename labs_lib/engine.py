@@ -310,6 +310,8 @@ def start_server(spec: ModelSpec, prof: Profile, *, startup_timeout: float = 900
     port = port or free_port()
     cmd[cmd.index("--port") + 1] = str(port)
     env = _engine_env(kwargs, prof)
+    if not prof.gpu:  # the server's whole process: numba's pool too (see experiments' worker main)
+        env["NUMBA_NUM_THREADS"] = env["OMP_NUM_THREADS"]
     env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)  # the server runs its engine in a child
     logs = run_dir() / "logs"
     logs.mkdir(exist_ok=True)

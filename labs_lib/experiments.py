@@ -17,6 +17,7 @@ the notebook's profile as a dict: the tier is the notebook's decision, not the w
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -691,8 +692,12 @@ if __name__ == "__main__":
         sys.exit(f"unknown worker {worker!r}")
     from .contention import fit_threads
 
-    fit_threads()  # a worker's torch threads on a CPU: no more than the free cores (lab 04's
+    n = fit_threads()  # a worker's torch threads on a CPU: no more than the free cores (lab 04's
     # transformers batches took 7 min instead of 20 s with 2 threads and one core busy elsewhere)
+    # numba's pool too (vLLM's ngram proposer): with one of 2 cores busy its idle second thread took
+    # the free core from the engine's, and lab 10's ngram engine made 1-2 tokens/s. numba reads this
+    # whenever it reloads its config, so it is set for this worker process's whole life
+    os.environ.setdefault("NUMBA_NUM_THREADS", str(n))
     result = globals()[worker](**json.loads(Path(args_path).read_text()))
     tmp = Path(out_path + ".tmp")
     tmp.write_text(json.dumps(result))
