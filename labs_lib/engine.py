@@ -223,6 +223,24 @@ def _engine_env(kw: dict[str, Any], prof: Profile) -> dict[str, str]:
     return env
 
 
+def server_env(kw: dict[str, Any], prof: Profile) -> dict[str, str]:
+    """Environment for a server process: the engine's (`_engine_env`) for the server's whole
+    life, so on a CPU numba's pool (vLLM's ngram proposer) is sized to the free cores too (see
+    the experiment workers' main), and without the in-process engine switch (the server runs its
+    engine in a child).
+
+    >>> from labs_lib.tiers import CPU
+    >>> env = server_env({}, CPU)
+    >>> env["NUMBA_NUM_THREADS"] == env["OMP_NUM_THREADS"], "VLLM_ENABLE_V1_MULTIPROCESSING" in env
+    (True, False)
+    """
+    env = _engine_env(kw, prof)
+    if not prof.gpu:
+        env["NUMBA_NUM_THREADS"] = env["OMP_NUM_THREADS"]
+    env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
+    return env
+
+
 def shutdown(llm: Any) -> None:
     """Shut down an engine from `start_llm` (its worker processes and memory)."""
     engine = getattr(llm, "llm_engine", None)
@@ -309,10 +327,7 @@ def start_server(spec: ModelSpec, prof: Profile, *, startup_timeout: float = 900
     check_build(prof)
     port = port or free_port()
     cmd[cmd.index("--port") + 1] = str(port)
-    env = _engine_env(kwargs, prof)
-    if not prof.gpu:  # the server's whole process: numba's pool too (see experiments' worker main)
-        env["NUMBA_NUM_THREADS"] = env["OMP_NUM_THREADS"]
-    env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)  # the server runs its engine in a child
+    env = server_env(kwargs, prof)
     logs = run_dir() / "logs"
     logs.mkdir(exist_ok=True)
     log = logs / f"vllm-{spec.slug}-{port}.log"
