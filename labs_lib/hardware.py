@@ -261,10 +261,14 @@ def measure_linear(
     w = torch.randn(d, d, device=dev, dtype=dt, generator=g)
     s = timing.summarize(timing.measure(lambda: x @ w, warmup=warmup, repeats=repeats, device=dev,
                                         max_seconds=30))
-    elt = torch.finfo(dt).bits // 8
-    flops, nbytes = 2 * tokens * d * d, (2 * tokens * d + d * d) * elt
     x = w = None
     _release(dev)
+    return _linear_result(tokens, d, dev, dtype, torch.finfo(dt).bits // 8, s)
+
+
+def _linear_result(tokens: int, d: int, dev: str, dtype: str, elt: int, s: timing.Summary) -> dict[str, Any]:
+    """The figures of one timed x[tokens, d] @ W[d, d] (`elt` bytes per element)."""
+    flops, nbytes = 2 * tokens * d * d, (2 * tokens * d + d * d) * elt
     return {"kernel": "linear", "device": dev, "dtype": dtype, "tokens": tokens, "d": d,
             "flops": flops, "bytes": nbytes, "intensity": flops / nbytes,
             "flops_per_s": flops / s.p50, "bytes_per_s": nbytes / s.p50, "summary": s}
@@ -304,12 +308,8 @@ def measure_linear_sweep(
             "summary": stats["peak"]}
     layers = {}
     for t in ts:
-        s = stats[t]
-        flops, nbytes = 2 * t * d * d, (2 * t * d + d * d) * elt
-        layers[t] = {"kernel": "linear", "device": dev, "dtype": dtype, "tokens": t, "d": d,
-                     "flops": flops, "bytes": nbytes, "intensity": flops / nbytes,
-                     "flops_per_s": flops / s.p50, "bytes_per_s": nbytes / s.p50, "summary": s,
-                     "peak_share": flops / s.p50 / peak["flops_per_s"]}
+        r = _linear_result(t, d, dev, dtype, elt, stats[t])
+        layers[t] = {**r, "peak_share": r["flops_per_s"] / peak["flops_per_s"]}
     w = a = b = None
     xs = {}
     _release(dev)
