@@ -90,9 +90,10 @@ def vllm_sweep(model: str, profile: dict[str, Any], workloads: dict[str, dict[st
     on the machine only slows a run down, so the best of interleaved runs is what each side can do. With `calibrate`, the decode step time
     at those batch sizes with 16-token prompts (`step_s`: the per-step overhead a throughput model
     needs) and at the largest with the workload's prompt length (`step_kv`: its KV read rate),
-    and the engine's prefill rate on the largest point's prompts (`prefill`, `prefill_rate`),
-    the engine's step token budget (`token_budget`) and, at each calibrate batch, the extra time
-    of a step that also prefills (`mixed`, `mixed_steps`).
+    the engine's step token budget (`token_budget`) and its time for steps that only prefill,
+    from one prompt of the workload's length up to the largest step that prefills in steady state
+    at any point (`prefill_steps`: `prefill_steps` on the counts of `prefill_ladder`, the largest
+    step from `roofline.prefill_step_size`).
 
     With `batching` = {"prompts", "out_lens", "batch", "static": bool}, the same engine first runs
     `batching_pair` on that workload (`"batching"`): static vs continuous scheduling on the same
@@ -106,6 +107,7 @@ def vllm_sweep(model: str, profile: dict[str, Any], workloads: dict[str, dict[st
     from vllm import SamplingParams
 
     from .engine import offline_llm
+    from .roofline import prefill_step_size
     from .workload import warmup_prompts
 
     t_start = time.perf_counter()
@@ -123,10 +125,11 @@ def vllm_sweep(model: str, profile: dict[str, Any], workloads: dict[str, dict[st
                              for b in calibrate}
             out["step_kv"] = {"batch": max(calibrate), "context": plen,
                               "seconds": decode_step(llm, max(calibrate), calibrate_tokens, vocab, prompt_len=plen)}
-            top = workloads[str(max(int(c) for c in workloads))]["prompts"]
-            out["prefill"] = prefill_rate(llm, top)
-            out["token_budget"] = token_budget(llm)
-            out["mixed"] = mixed_steps(llm, workloads, calibrate, calibrate_tokens, vocab)
+            budget = out["token_budget"] = token_budget(llm)
+            need = max(prefill_step_size(int(c), w["out_lens"], plen, budget if budget and budget > int(c) else None)
+                       ["tokens"] for c, w in workloads.items())
+            out["prefill_steps"] = prefill_steps(llm, plen, prefill_ladder(plen, need, budget, engine.get("max_num_seqs")),
+                                                 vocab)
         order = sorted(workloads, key=int)
         if not order:
             return out
@@ -154,28 +157,6 @@ def vllm_sweep(model: str, profile: dict[str, Any], workloads: dict[str, dict[st
     return out
 
 
-def mixed_steps(llm: Any, workloads: dict[str, dict[str, list]], batches: list[int], tokens: int,
-                vocab_size: int) -> dict[str, dict[str, Any]]:
-    """`mixed_step` at each concurrency c of `batches`, the wave sized as a steady-state step that
-    prefills at that concurrency holds on average (`roofline.prefill_share`: prompts per
-    prefilling step, rounded, at least 1; from the output lengths of the workload at c, or of the
-    largest one where c is no sweep point, and the workload's prompt length), beside c - wave
-    decoding sequences (at least 1): c sequences in the step, as in steady state."""
-    from .roofline import prefill_share
-
-    top = workloads[str(max(int(c) for c in workloads))]
-    budget, out = token_budget(llm), {}
-    for c in batches:
-        w = workloads.get(str(c), top)
-        plen = len(w["prompts"][0])
-        share = prefill_share(c, w["out_lens"], plen, budget if budget and budget > c else None)
-        wave = max(1, round(share["prompts_per_prefill_step"]))
-        # c sequences in the step, as in steady state: the wave's new ones and c - wave decoding
-        # (the engine's max_num_seqs is the largest c); at least one decodes
-        out[str(c)] = mixed_step(llm, max(1, c - wave), wave, plen, vocab_size, tokens=tokens) | {"concurrency": c}
-    return out
-
-
 def capped_run(llm: Any, prompts: list[list[int]], out_lens: list[int], concurrency: int,
                slots: int | None = None) -> dict[str, Any]:
     """Run the requests in order on a running engine with at most `concurrency` in flight: a new
@@ -184,9 +165,15 @@ def capped_run(llm: Any, prompts: list[list[int]], out_lens: list[int], concurre
     `concurrency` >= len(prompts) submits everything at once: the engine's own scheduler then
     fills its `slots` (its `max_num_seqs`) from its queue.
 
-    Steady state: from the first finished request (every slot is then refilled as it frees) to
-    the moment no request is left waiting (the last submission, or for the engine's own queue
-    the finish that admits its last request), the engine's own count of generated tokens
+    Steady state: from the first finish after the engine has prefilled every slot's first prompt
+    (its `vllm:prompt_tokens` counter has grown by their tokens; where the engine does not report
+    it, the `running`-th finish, half-way to the last submission where the run is shorter) to the
+    moment no request is left waiting (the last submission, or for the engine's own queue the
+    finish that admits its last request). Not from the first finish: every slot's first prompt
+    arrives at once, and prefilling that burst (C x prompt tokens, 16 steps of 16,384 tokens at
+    C=1024 with 256-token prompts) takes the engine's first steps while the shortest requests
+    already finish; counting it put the steady throughput up to a fifth too low at C=1024 on an
+    H200 (results/gpu/h200/04_continuous_batching/NOTE.md). The engine's own count of generated tokens
     (`vllm:generation_tokens`) over that window gives `window_tok_s`, and its step count
     (`engine_steps`, None where not reported) the window's `steps`: seconds / steps is the mean
     step, tokens / steps the mean number of sequences that decoded in a step (C only if every
@@ -213,7 +200,16 @@ def capped_run(llm: Any, prompts: list[list[int]], out_lens: list[int], concurre
         rid_engine = eng.add_request(rid, {"prompt_token_ids": prompts[i]}, sp)
         ids[rid] = ids[rid_engine or rid] = i  # outputs carry ours (vLLM 0.32) or the engine's id
 
-    steps0 = engine_steps(llm)
+    def mark() -> None:
+        marks.append((time.perf_counter(), engine_counter(llm, "vllm:generation_tokens"), engine_steps(llm)))
+
+    def burst_prefilled() -> bool:
+        if prompt0 is None:  # no prompt counter: one turnover of the slots instead
+            return finished >= max(1, min(running, end // 2))
+        return (engine_counter(llm, "vllm:prompt_tokens") or 0) - prompt0 >= burst
+
+    steps0, prompt0 = engine_steps(llm), engine_counter(llm, "vllm:prompt_tokens")
+    burst, end = sum(len(p) for p in prompts[:running]), n - running  # the slots' first prompts; the last submission
     t0 = time.perf_counter()
     nxt = min(concurrency, n)
     for i in range(nxt):
@@ -226,8 +222,10 @@ def capped_run(llm: Any, prompts: list[list[int]], out_lens: list[int], concurre
             i = ids[o.request_id]
             rows[i] = _request_row(o) | {"submitted": submitted[i]}
             finished += 1
-            if finished in (1, n - running) and len(marks) < 2:
-                marks.append((time.perf_counter(), engine_counter(llm, "vllm:generation_tokens"), engine_steps(llm)))
+            if not marks and finished < end and burst_prefilled():
+                mark()
+            elif len(marks) == 1 and finished == end:
+                mark()
             if nxt < n:
                 submit(nxt)
                 nxt += 1
@@ -382,7 +380,7 @@ def spec_run(model: str, profile: dict[str, Any], engine: dict[str, Any], worklo
              max_tokens: int, speculative: dict[str, Any] | None = None,
              batches: list[int] | dict[str, list[int]] | None = None,
              ignore_eos: bool = False, warmup: int = 2, warm_each: bool = False,
-             repeats: int = 1) -> dict[str, Any]:
+             repeats: int = 1, warm_tokens: int = 16) -> dict[str, Any]:
     """One engine, speculative when `speculative` (vLLM's `speculative_config`) is given, runs each
     workload (`name -> prompts`, token ids) greedily at each batch
     of `batches` (default [1]: one request at a time; b: groups of b submitted together; a dict
@@ -394,7 +392,10 @@ def spec_run(model: str, profile: dict[str, Any], engine: dict[str, Any], worklo
     `warm_each`: before timing a workload at a batch, run it once untimed at that batch. vLLM's
     speculative kernels are Triton kernels compiled on first use for the shapes they meet (Triton
     specializes integer arguments such as the number of requests), and vLLM's own warm-up never
-    drafts, so without this the first group at each batch compiles inside a timed request.
+    drafts, so without this the first group at each batch compiles inside a timed request. The
+    untimed pass generates `warm_tokens` tokens per request (at most `max_tokens`): the kernels
+    meet the batch's shapes in its first steps, and 16 steps see the step-to-step variants too
+    (Triton also specializes an integer on whether it divides by 16).
     `repeats`: time the workload that many times at each batch; each request row carries its
     `repeat` (`speculative.run_summary` takes the median over repeats)."""
     from vllm import SamplingParams
@@ -406,12 +407,14 @@ def spec_run(model: str, profile: dict[str, Any], engine: dict[str, Any], worklo
     spec, prof = resolve(model), Profile.from_dict(profile)
     kw = {**engine, **({"speculative_config": speculative} if speculative else {})}
     sp = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=ignore_eos)
+    warm_sp = SamplingParams(max_tokens=min(params.positive_int("warm_tokens", warm_tokens), max_tokens),
+                             temperature=0.0, ignore_eos=ignore_eos)
     t0 = time.perf_counter()
     with offline_llm(spec, prof, **kw) as llm:
         out: dict[str, Any] = {"startup_s": time.perf_counter() - t0, "speculative": speculative, "runs": {}}
 
-        def run(prompts: list) -> list[Any]:
-            return llm.generate([{"prompt_token_ids": p} for p in prompts], sp, use_tqdm=False)
+        def run(prompts: list, sampling: Any = sp) -> list[Any]:
+            return llm.generate([{"prompt_token_ids": p} for p in prompts], sampling, use_tqdm=False)
 
         first = next(iter(workloads.values()))
         run((first * warmup)[:warmup])
@@ -419,7 +422,7 @@ def spec_run(model: str, profile: dict[str, Any], engine: dict[str, Any], worklo
             for b in (batches.get(name, [1]) if isinstance(batches, dict) else batches or [1]):
                 groups = [prompts[i:i + b] for i in range(0, len(prompts), b)]
                 for g in groups if warm_each else []:
-                    run(g)
+                    run(g, warm_sp)
                 before, rows, t1 = spec_counters(llm), [], time.perf_counter()
                 for r in range(repeats):
                     for g in groups:
@@ -469,116 +472,49 @@ def token_budget(llm: Any) -> int | None:
     return int(budget) if budget else None
 
 
-def mixed_step(llm: Any, batch: int, wave: int, prompt_len: int, vocab_size: int, tokens: int = 32,
-               repeats: int = 3) -> dict[str, Any]:
-    """The extra time of steps that decode `batch` sequences AND prefill a wave of `wave` new
-    prompts of `prompt_len` tokens, against the same batch decoding alone: what a steady-state
-    step that takes new prompts costs beyond a decode step (vLLM replays a full CUDA graph only
-    for decode-only batches; a step that also prefills runs piecewise or eagerly).
+def prefill_ladder(prompt_len: int, need_tokens: float, budget: int | None = None,
+                   max_seqs: int | None = None) -> list[int]:
+    """How many prompts of `prompt_len` tokens the steps of `prefill_steps` hold: 1, 2, 4, ...
+    up to the first count whose tokens reach `need_tokens` (the largest step a model must price),
+    never more than fit the step's token budget or the engine's `max_num_seqs`.
 
-    `batch` sequences (16-token prompts, `tokens` outputs each) decode; while they do, waves are
-    added one after another (one output token each: a wave finishes in the step that prefills its
-    last prompt), the first after 3 decode steps and each next one 3 decode-only steps after the
-    last finished. The per-step times are the engine's own: one decoding request (the probe,
-    added last so that it is prefilled in the decoders' last prefill step) streams its tokens
-    (`RequestOutputKind.DELTA`), and each of its outputs carries the engine's timestamp of that
-    step (`metrics.last_token_ts`; the client's clock, `clock` = "client", where an output
-    carries no metrics). A wave's `extra_s`: the steps from its submission to the step that
-    finishes it, minus as many decode-only steps (the median of the same run's decode-only
-    steps, the first after the prefill left out). The result's `extra_s` is the median over all
-    waves of `repeats` runs (`samples`). The wave's prompt tokens take `steps` =
-    ceil(wave x prompt_len / (budget - batch)) steps of the engine's token budget;
-    `roofline.mixed_step_extra` subtracts the wave's tokens at the pure-prefill rate. A separate
-    control run would carry the noise of a whole run (the extra is about one step in seconds of
-    decoding); the same run's decode steps carry only a step's.
+    >>> prefill_ladder(256, 5104, budget=16384, max_seqs=1024)  # 16 x 256 = 4,096 < 5,104 <= 8,192
+    [1, 2, 4, 8, 16, 32]
+    >>> prefill_ladder(32, 10_000, budget=2048, max_seqs=48)  # capped: 48 prompts, 1,536 tokens
+    [1, 2, 4, 8, 16, 32, 48]
     """
+    plen = params.positive_int("prompt_len", prompt_len)
+    top = max(1, min(budget // plen if budget else 1 << 30, max_seqs or 1 << 30))
+    counts, k = [], 1
+    while k < top and k * plen < need_tokens:
+        counts.append(k)
+        k *= 2
+    return counts + [min(k, top)]
+
+
+def prefill_steps(llm: Any, prompt_len: int, counts: list[int], vocab_size: int,
+                  repeats: int = 3) -> dict[str, dict[str, Any]]:
+    """The engine's time for a step that does nothing but prefill k prompts of `prompt_len`
+    tokens (one output token each, sampled in that step), for each k of `counts`: keyed by the
+    step's tokens k x prompt_len, {"prompts", "seconds" (the median of `repeats`), "samples"}.
+    Timed by the engine's own timestamps, from the first scheduled prompt to the last first token:
+    the step as the engine ran it, with whatever its path costs at that size (on a GPU, up to the
+    largest captured size a piecewise CUDA graph, beyond it none). `roofline.prefill_step_seconds`
+    reads a step of any size off these points."""
     from vllm import SamplingParams
-    from vllm.sampling_params import RequestOutputKind
 
     from .workload import token_prompts
 
-    params.positive_int("batch", batch)
-    params.positive_int("wave", wave)
-    params.positive_int("prompt_len", prompt_len)
-    params.int_in_range("tokens", tokens, 12)
-    params.positive_int("repeats", repeats)
-    eng, budget = llm.llm_engine, token_budget(llm)
-    if budget is not None and budget <= batch:
-        raise ValueError(f"the engine's token budget {budget} leaves no room beside {batch} decode tokens")
-    slots = getattr(getattr(eng, "vllm_config", None), "scheduler_config", None)
-    slots = getattr(slots, "max_num_seqs", None)
-    if slots is not None and batch + wave > slots:
-        raise ValueError(f"{batch} decoding sequences and a wave of {wave} need {batch + wave} of the engine's "
-                         f"max_num_seqs={slots}: the wave would wait for a free slot, not join the step")
-    tokens_in = wave * prompt_len
-    steps = -(-tokens_in // (budget - batch)) if budget else 1
-    gap = 3  # decode-only steps before the first wave and between waves
-    wave_sp = SamplingParams(max_tokens=1, ignore_eos=True, temperature=0.0, output_kind=RequestOutputKind.FINAL_ONLY)
-    runs, clock = [], "engine"
-    for r in range(repeats):
-        seed = 20_000 + 97 * batch + 13 * wave + 7 * r
-        tag = f"mix{batch}-{wave}-{r}-{time.monotonic_ns()}"
-        probe: set[str] = set()
-        for i, p in enumerate(token_prompts(batch, 16, vocab_size=vocab_size, seed=seed)):
-            last = i == batch - 1
-            rid = f"{tag}-d{i}"
-            got = eng.add_request(rid, {"prompt_token_ids": p}, SamplingParams(
-                max_tokens=tokens, ignore_eos=True, temperature=0.0,
-                output_kind=RequestOutputKind.DELTA if last else RequestOutputKind.FINAL_ONLY))
-            if last:
-                probe = {rid, got or rid}  # outputs carry ours (vLLM 0.32) or the engine's id
-        stamps: list[float] = []
-        waves: list[dict[str, Any]] = []  # each: ids, prompts left, stamps count at submission and when done
-        while eng.has_unfinished_requests():
-            for o in eng.step():
-                if o.request_id in probe:
-                    m = getattr(o, "metrics", None)
-                    ts = getattr(m, "last_token_ts", None) if m is not None else None
-                    if not ts:
-                        ts, clock = time.monotonic(), "client"
-                    stamps.append(float(ts))
-                elif waves and o.finished and o.request_id in waves[-1]["ids"]:
-                    waves[-1]["left"] -= 1
-            if waves and waves[-1]["done"] is None and waves[-1]["left"] == 0:
-                waves[-1]["done"] = len(stamps)  # the step that finished it (the probe decoded in it too)
-            free = not waves or waves[-1]["done"] is not None
-            after = waves[-1]["done"] if waves else 1
-            if free and len(stamps) >= after + gap and len(stamps) + steps + gap + 1 <= tokens:
-                w = {"ids": set(), "left": wave, "at": len(stamps), "done": None}
-                ps = token_prompts(wave, prompt_len, vocab_size=vocab_size, seed=seed + 50_000 + 1_000 * len(waves))
-                for j, p in enumerate(ps):
-                    rid = f"{tag}-w{len(waves)}-{j}"
-                    w["ids"] |= {rid, eng.add_request(rid, {"prompt_token_ids": p}, wave_sp) or rid}
-                waves.append(w)
-        done = [w for w in waves if w["done"] is not None and w["done"] < len(stamps)]
-        if not done:
-            raise RuntimeError(f"no wave of {wave} prompts finished while the {batch} sequences decoded "
-                               f"({len(stamps)} steps): raise `tokens`")
-        d = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]  # d[k]: the step of stamps[k + 1]
-        inside = {k for w in waves for k in range(w["at"] - 1, (w["done"] or len(stamps)) - 1)}
-        decode = sorted(x for k, x in enumerate(d) if k and k not in inside)
-        base = float(decode[len(decode) // 2])
-        runs.append({"decode_step_s": base, "extra_s": [sum(d[w["at"] - 1:w["done"] - 1]) - (w["done"] - w["at"]) * base
-                                                        for w in done],
-                     "window_steps": [w["done"] - w["at"] for w in done]})
-    samples = sorted(x for run in runs for x in run["extra_s"])
-    return {"batch": batch, "wave": wave, "prompt_len": prompt_len, "wave_tokens": tokens_in,
-            "token_budget": budget, "steps": steps, "extra_s": float(samples[len(samples) // 2]),
-            "samples": len(samples), "decode_step_s": float(sorted(x["decode_step_s"] for x in runs)[len(runs) // 2]),
-            "clock": clock, "runs": runs}
-
-
-def prefill_rate(llm: Any, prompts: list[list[int]]) -> dict[str, float]:
-    """Prompt tokens per second when the engine does nothing but prefill: every prompt at once,
-    one output token each (sampled in the prefill step), timed by the engine's own timestamps
-    from the first scheduled prompt to the last first token."""
-    from vllm import SamplingParams
-
-    outs = llm.generate([{"prompt_token_ids": p} for p in prompts],
-                        SamplingParams(max_tokens=1, ignore_eos=True, temperature=0.0), use_tqdm=False)
-    span = max(o.metrics.first_token_ts for o in outs) - min(o.metrics.scheduled_ts for o in outs)
-    tokens = sum(len(p) for p in prompts)
-    return {"tokens": tokens, "seconds": span, "tokens_per_s": tokens / span}
+    sp = SamplingParams(max_tokens=1, ignore_eos=True, temperature=0.0)
+    out = {}
+    for k in counts:
+        spans = []
+        for r in range(repeats):
+            ps = token_prompts(k, prompt_len, vocab_size=vocab_size, seed=30_000 + 97 * k + r)
+            outs = llm.generate([{"prompt_token_ids": p} for p in ps], sp, use_tqdm=False)
+            spans.append(max(o.metrics.first_token_ts for o in outs) - min(o.metrics.scheduled_ts for o in outs))
+        out[str(k * prompt_len)] = {"prompts": k, "seconds": float(sorted(spans)[len(spans) // 2]), "samples": spans}
+    return out
 
 
 def hf_static_batches(model: str, profile: dict[str, Any], prompts: list[list[int]],

@@ -203,28 +203,31 @@ def serving_step(cfg: dict[str, Any], concurrency: int, prompt_len: int, out_len
     Every step decodes one token per running sequence (the `decode_step` fields, at the
     token-weighted mean context: long requests hold more of the steps); each finished request's
     slot takes a new prompt, so on average a step also prefills `prompts_per_step` = concurrency /
-    mean(out_lens) prompts. Prefill and decode share the step but not the
-    kind of work: the prefill tokens are compute-bound matmuls, the decode tokens a weight and KV
-    read, and their times add (an engine step runs its kernels one after another). Not every step
-    prefills: `prefill_share` (the share of steps that take a new prompt, given the engine's step
-    token budget `max_num_batched_tokens`) and `prompts_per_prefill_step` come from
-    `prefill_share`; `steady_step_seconds` prices the step from these fields.
+    mean(out_lens) prompts. Not every step prefills: `prefill_share` is the share of steps that
+    take a new prompt (given the engine's step token budget `max_num_batched_tokens`), and a step
+    that does holds `prefill_step_tokens` tokens (its `prefill_step_decoders` decoding sequences
+    and `prompts_per_prefill_step` new prompts: `prefill_step_size`). The two kinds of step run
+    differently (a decode-only step reads the weights and the KV cache for a few rows; a step that
+    prefills runs its matmuls on hundreds or thousands of rows, on a GPU outside the full CUDA
+    graph): `steady_step_seconds` prices each kind and weights them by the share.
 
     >>> from labs_lib.models import load_config
     >>> s = serving_step(load_config("Llama-3.1-8B"), 8, prompt_len=256, out_lens=[32, 96])
     >>> s["prompts_per_step"], s["context"]  # 8 / 64; 256 + (32*31/2 + 96*95/2) / 128
     (0.125, 295.5)
-    >>> round(s["prefill_share"], 4)  # 1 - (1 - 1/64)^8
-    0.1184
+    >>> round(s["prefill_share"], 4), round(s["prefill_step_tokens"], 1)  # 1 - (1 - 1/64)^8; 8 - 1.056 + 1.056 x 256
+    (0.1184, 277.3)
     """
     params.positive_int("concurrency", concurrency)
     params.positive_int("prompt_len", prompt_len)
     lens = [params.positive_int("out_lens item", n) for n in out_lens]
     context = prompt_len + sum(n * (n - 1) / 2 for n in lens) / sum(lens)
     share = prefill_share(concurrency, lens, prompt_len, max_num_batched_tokens)
+    size = prefill_step_size(concurrency, lens, prompt_len, max_num_batched_tokens)
     return {**decode_step(cfg, concurrency, max(1, round(context)), dtype), "context": context,
             "prompts_per_step": share["prompts_per_step"], "prefill_share": share["share"],
-            "prompts_per_prefill_step": share["prompts_per_prefill_step"]}
+            "prompts_per_prefill_step": share["prompts_per_prefill_step"],
+            "prefill_step_tokens": size["tokens"], "prefill_step_decoders": size["decoders"]}
 
 
 def prefill_share(concurrency: int, out_lens: Any, prompt_len: int,
@@ -266,63 +269,66 @@ def prefill_share(concurrency: int, out_lens: Any, prompt_len: int,
     return {"prompts_per_step": per_step, "share": share, "prompts_per_prefill_step": per_step / share}
 
 
-def mixed_step_extra(measured: dict[str, Any], prefill_s_per_token: float) -> float:
-    """The extra cost of one step that prefills, beyond a decode step plus its prompt tokens at
-    the pure-prefill rate, from `experiments.mixed_step` (`measured`: "extra_s", the time the
-    wave's steps took beyond as many decode-only steps of the same batch; "wave_tokens"; and
-    "steps", how many steps the wave's prompts took): (extra_s - wave_tokens x
-    prefill_s_per_token) / steps. It can be negative: a small wave's prompts can share the decode
-    step's weight reads and cost less than the pure-prefill rate says.
+def prefill_step_size(concurrency: int, out_lens: Any, prompt_len: int,
+                      max_num_batched_tokens: int | None = None) -> dict[str, float]:
+    """What a steady-state step that prefills holds: `prompts` new prompts on average
+    (`prefill_share`'s `prompts_per_prefill_step`), the `decoders` = concurrency - prompts other
+    sequences decoding beside them (at least 0), and `tokens` = decoders + prompts x
+    `prompt_len` in all (at most the step's token budget): the rows its matmuls process.
 
-    >>> round(mixed_step_extra({"extra_s": 0.012, "wave_tokens": 256, "steps": 1}, 20e-6), 6)  # 12 - 256 x 0.02 ms
-    0.00688
-    >>> round(mixed_step_extra({"extra_s": 0.012, "wave_tokens": 256, "steps": 2}, 20e-6), 6)  # the same over 2 steps
-    0.00344
+    >>> s = prefill_step_size(1, [64, 64], prompt_len=256)  # one slot: its new prompt, no decoder
+    >>> s["prompts"], s["decoders"], s["tokens"]
+    (1.0, 0.0, 256.0)
+    >>> s = prefill_step_size(64, [64, 64], prompt_len=256)  # q = 1/64: 1 prompt per step, 1 - (63/64)^64 of the steps
+    >>> round(s["prompts"], 4), round(s["tokens"], 1)  # 1 / 0.635; 64 - 1.5748 + 1.5748 x 256
+    (1.5748, 465.6)
     """
-    params.positive_float("prefill_s_per_token", prefill_s_per_token)
-    steps = params.positive_int("steps", measured["steps"])
-    return (measured["extra_s"] - measured["wave_tokens"] * prefill_s_per_token) / steps
+    share = prefill_share(concurrency, out_lens, prompt_len, max_num_batched_tokens)
+    k = share["prompts_per_prefill_step"]
+    decoders = max(0.0, concurrency - k)
+    tokens = decoders + k * prompt_len
+    if max_num_batched_tokens is not None:
+        tokens = min(tokens, float(max_num_batched_tokens))
+    return {"prompts": k, "decoders": decoders, "tokens": tokens}
 
 
-def mixed_extra_line(points: dict[int, float]) -> tuple[float, float]:
-    """The mixed-step extra as fixed + per_seq x concurrency, through the measured extras
-    (`points`: batch -> extra seconds per prefilling step, `mixed_step_extra`) at the smallest
-    and the largest batch; one point: that constant. Not clipped at 0 (a measured saving is
-    kept); the points in between are predictions, as in `fit_overhead`.
+def prefill_step_seconds(curve: dict[int, float], tokens: float) -> float:
+    """The time of an engine step of `tokens` tokens, from measured steps that did nothing but
+    prefill (`curve`: tokens in the step -> seconds, e.g. `experiments.prefill_steps`): linear
+    between the two measured sizes around `tokens`; below the smallest, the smallest's time (a step
+    that prefills costs at least what the smallest measured one did: its fixed costs dominate);
+    above the largest, extended along the last two points' slope.
 
-    >>> fixed, per_seq = mixed_extra_line({1: 0.002, 65: 0.010})  # 8 ms more over 64 sequences
-    >>> round(fixed * 1e3, 3), round(per_seq * 1e6, 1), round((fixed + per_seq * 33) * 1e3, 3)
-    (1.875, 125.0, 6.0)
+    >>> curve = {256: 0.013, 512: 0.015, 1024: 0.031}
+    >>> [round(prefill_step_seconds(curve, t) * 1e3, 1) for t in (100, 256, 384, 1024, 1536)]
+    [13.0, 13.0, 14.0, 31.0, 47.0]
     """
-    if not points:
-        raise ValueError("mixed_extra_line needs at least one measured batch")
-    lo, hi = min(points), max(points)
-    if lo == hi:
-        return float(points[lo]), 0.0
-    per_seq = (points[hi] - points[lo]) / (hi - lo)
-    return points[lo] - per_seq * lo, per_seq
+    if not curve:
+        raise ValueError("prefill_step_seconds needs at least one measured step size")
+    params.positive_float("tokens", tokens)
+    pts = sorted((int(t), float(s)) for t, s in curve.items())
+    if tokens <= pts[0][0] or len(pts) == 1:
+        return pts[0][1] if tokens <= pts[0][0] else pts[0][1] * tokens / pts[0][0]
+    for (t0, s0), (t1, s1) in zip(pts, pts[1:]):
+        if tokens <= t1:
+            break
+    return s0 + (s1 - s0) * (tokens - t0) / (t1 - t0)
 
 
-def steady_step_seconds(step: dict[str, float], decode_s: float, prefill_s_per_token: float,
-                        prompt_len: int, mixed_extra_s: float = 0.0) -> dict[str, float]:
-    """A steady-state step's time: the decode step (`decode_s`, e.g. `predict_step`'s seconds at
-    the step's batch and context) + the step's share of prompt tokens at the pure-prefill rate
-    (`step["prompts_per_step"]` x `prompt_len` x `prefill_s_per_token`) + the share of steps that
-    prefill (`step["prefill_share"]`, from `serving_step`) x the measured extra cost of such a
-    step (`mixed_extra_s`: a step that prefills does not run as the decode step does, e.g. no full
-    CUDA graph). Throughput = concurrency / `seconds`.
+def steady_step_seconds(step: dict[str, float], decode_s: float, prefill_step_s: float) -> dict[str, float]:
+    """A steady-state step's mean time: the share of steps that prefill (`step["prefill_share"]`,
+    from `serving_step`) at `prefill_step_s` (e.g. `prefill_step_seconds` at the step's tokens,
+    plus its decoders' KV reads), the others at `decode_s` (a decode-only step, e.g.
+    `predict_step`'s seconds at the concurrency and context). Throughput = concurrency / `seconds`.
 
-    >>> st = {"prompts_per_step": 2.0, "prefill_share": 0.8}
-    >>> r = steady_step_seconds(st, decode_s=0.010, prefill_s_per_token=20e-6, prompt_len=256, mixed_extra_s=0.005)
-    >>> [round(r[k] * 1e3, 2) for k in ("decode_s", "prefill_s", "mixed_s", "seconds")]  # 10 + 2 x 256 x 0.02 + 0.8 x 5
-    [10.0, 10.24, 4.0, 24.24]
+    >>> r = steady_step_seconds({"prefill_share": 0.8}, decode_s=0.010, prefill_step_s=0.030)
+    >>> round(r["seconds"] * 1e3, 2)  # 0.8 x 30 + 0.2 x 10
+    26.0
     """
     params.positive_float("decode_s", decode_s)
-    params.positive_float("prefill_s_per_token", prefill_s_per_token)
-    params.positive_int("prompt_len", prompt_len)
+    params.positive_float("prefill_step_s", prefill_step_s)
     share = step["prefill_share"]
     if not 0.0 <= share <= 1.0:
         raise ValueError(f"prefill_share must be in [0, 1], got {share!r}")
-    pre = step["prompts_per_step"] * prompt_len * prefill_s_per_token
-    mixed = share * mixed_extra_s
-    return {"decode_s": decode_s, "prefill_s": pre, "mixed_s": mixed, "seconds": decode_s + pre + mixed}
+    return {"decode_s": decode_s, "prefill_step_s": prefill_step_s, "share": share,
+            "seconds": share * prefill_step_s + (1.0 - share) * decode_s}

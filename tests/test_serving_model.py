@@ -1,7 +1,6 @@
-"""Lab 04's steady-state step model: the share of steps that prefill, the mixed step's extra,
-the step's price, and the measurement of the extra on a scripted engine (hand-worked numbers)."""
+"""Lab 04's steady-state step model: the share of steps that prefill, the size and price of such a
+step, the steady step, and the measurements behind them on scripted engines (hand-worked numbers)."""
 
-import math
 from types import SimpleNamespace as NS
 
 import pytest
@@ -75,130 +74,143 @@ def test_serving_step_carries_the_share_and_the_budget():
         roofline.serving_step(cfg, 64, prompt_len=100, out_lens=[8], max_num_batched_tokens=64)
 
 
-# --- the mixed step's extra and the step's price ------------------------------------------------
+# --- the step that prefills: its size, its price and the steady step --------------------------
 
 
-def test_mixed_step_extra_subtracts_the_wave_tokens_at_the_prefill_rate():
-    # a wave of 8 x 256 tokens made its step 60 ms longer; 2,048 tokens at 25 us = 51.2 ms -> 8.8 ms
-    m = {"extra_s": 0.060, "wave_tokens": 2048, "steps": 1}
-    assert roofline.mixed_step_extra(m, 25e-6) == pytest.approx(0.0088)
-    assert roofline.mixed_step_extra(m | {"steps": 4}, 25e-6) == pytest.approx(0.0022)  # per step of 4
+def test_prefill_step_size_counts_the_decoders_beside_the_prompts():
+    # c = 8, outputs of 4: 2 prompts a step, 1 - (3/4)^8 of the steps prefill -> 2.2 prompts beside 5.8 decoders
+    s = roofline.prefill_step_size(8, [4] * 8, prompt_len=32)
+    k = 2 / (1 - 0.75 ** 8)
+    assert s["prompts"] == pytest.approx(k)
+    assert s["decoders"] == pytest.approx(8 - k)
+    assert s["tokens"] == pytest.approx(8 - k + 32 * k)
 
 
-def test_mixed_step_extra_keeps_a_saving():
-    # the wave cost less than its tokens at the pure-prefill rate: the extra is negative, not 0
-    assert roofline.mixed_step_extra({"extra_s": 0.020, "wave_tokens": 32, "steps": 1}, 1e-3) == pytest.approx(-0.012)
+def test_prefill_step_size_stays_inside_the_budget():
+    # 4 slots, outputs of 8: 0.5 prompts of 100 tokens a step in 100 tokens of room -> half the steps, 1 prompt each
+    s = roofline.prefill_step_size(4, [8, 8], prompt_len=100, max_num_batched_tokens=104)
+    assert s["prompts"] == pytest.approx(1.0)
+    assert s["tokens"] == pytest.approx(103.0)  # 3 decoders + 100 prompt tokens, inside 104
+    big = roofline.prefill_step_size(64, [2] * 4, prompt_len=512, max_num_batched_tokens=1024)
+    assert big["tokens"] == pytest.approx(1024.0)  # the budget caps the step
 
 
-def test_mixed_step_extra_rejects_bad_inputs():
-    with pytest.raises(ValueError, match="steps must be an int >= 1"):
-        roofline.mixed_step_extra({"extra_s": 0.01, "wave_tokens": 10, "steps": 0}, 1e-5)
-    with pytest.raises(ValueError, match="prefill_s_per_token must be a number > 0"):
-        roofline.mixed_step_extra({"extra_s": 0.01, "wave_tokens": 10, "steps": 1}, 0.0)
+def test_prefill_step_seconds_interpolates_floors_and_extends():
+    curve = {"256": 0.010, "512": 0.012, "2048": 0.036}  # JSON keys are strings
+    assert roofline.prefill_step_seconds(curve, 64) == pytest.approx(0.010)  # the floor
+    assert roofline.prefill_step_seconds(curve, 1280) == pytest.approx(0.024)  # halfway 512 -> 2048
+    assert roofline.prefill_step_seconds(curve, 3584) == pytest.approx(0.060)  # the last slope, 1536 tokens on
+    assert roofline.prefill_step_seconds({"100": 0.005}, 300) == pytest.approx(0.015)  # one point: proportional
+    with pytest.raises(ValueError, match="at least one measured step size"):
+        roofline.prefill_step_seconds({}, 10)
 
 
-def test_mixed_extra_line_through_the_ends():
-    # 2 ms at C=1, 14 ms at C=513: 12 ms over 512 sequences = 23.4375 us each
-    fixed, per_seq = roofline.mixed_extra_line({1: 0.002, 513: 0.014, 128: 1.0})  # 128 ignored: a prediction
-    assert per_seq == pytest.approx(12e-3 / 512)
-    assert fixed == pytest.approx(0.002 - 12e-3 / 512)
-    assert fixed + per_seq * 257 == pytest.approx(0.008)  # halfway
-
-
-def test_mixed_extra_line_one_point_and_negative_points():
-    assert roofline.mixed_extra_line({64: -0.004}) == (-0.004, 0.0)
-    fixed, per_seq = roofline.mixed_extra_line({1: -0.004, 65: -0.004})
-    assert fixed == pytest.approx(-0.004) and per_seq == pytest.approx(0.0)
-    with pytest.raises(ValueError, match="at least one measured batch"):
-        roofline.mixed_extra_line({})
-
-
-def test_steady_step_adds_decode_prompt_tokens_and_the_share_of_the_mixed_extra():
-    # 19 ms decode + 8 prompts x 256 tokens x 25 us (51.2 ms) + 0.9 x 10 ms = 79.2 ms
-    r = roofline.steady_step_seconds({"prompts_per_step": 8.0, "prefill_share": 0.9}, decode_s=0.019,
-                                     prefill_s_per_token=25e-6, prompt_len=256, mixed_extra_s=0.010)
-    assert r["prefill_s"] == pytest.approx(0.0512)
-    assert r["mixed_s"] == pytest.approx(0.009)
-    assert r["seconds"] == pytest.approx(0.0792)
-    # without a mixed extra: the old model (decode + prompt tokens)
-    assert roofline.steady_step_seconds({"prompts_per_step": 8.0, "prefill_share": 0.9}, 0.019, 25e-6,
-                                        256)["seconds"] == pytest.approx(0.0702)
+def test_steady_step_weights_the_two_kinds_of_step():
+    r = roofline.steady_step_seconds({"prefill_share": 0.25}, decode_s=0.010, prefill_step_s=0.050)
+    assert r["seconds"] == pytest.approx(0.25 * 0.050 + 0.75 * 0.010)
+    assert roofline.steady_step_seconds({"prefill_share": 1.0}, 0.010, 0.050)["seconds"] == pytest.approx(0.050)
 
 
 def test_steady_step_rejects_bad_inputs():
-    st = {"prompts_per_step": 1.0, "prefill_share": 1.5}
     with pytest.raises(ValueError, match=r"prefill_share must be in \[0, 1\]"):
-        roofline.steady_step_seconds(st, 0.01, 1e-5, 16)
+        roofline.steady_step_seconds({"prefill_share": 1.5}, 0.01, 0.02)
     with pytest.raises(ValueError, match="decode_s must be a number > 0"):
-        roofline.steady_step_seconds(st | {"prefill_share": 0.5}, 0.0, 1e-5, 16)
+        roofline.steady_step_seconds({"prefill_share": 0.5}, 0.0, 0.02)
 
 
-# --- experiments.mixed_step on a scripted engine ---------------------------------------------------
+# --- experiments.prefill_ladder, prefill_steps and capped_run on scripted engines -----------------
 
 
-class ScriptedEngine:
-    """Every running request gets a token each step (its prefill step gives the first); a step costs
-    10 ms, 17 ms when it prefills a request with a one-token budget (the wave). Outputs: every step
-    for DELTA requests, when finished for FINAL_ONLY ones; timestamps on a clock of its own."""
+def test_prefill_ladder_stops_at_the_largest_step_needed():
+    assert experiments.prefill_ladder(256, 256) == [1]
+    assert experiments.prefill_ladder(256, 257, budget=16384) == [1, 2]
+    assert experiments.prefill_ladder(100, 1e9, budget=1000) == [1, 2, 4, 8, 10]  # the budget's 10 prompts
+    assert experiments.prefill_ladder(100, 1e9, budget=1000, max_seqs=3) == [1, 2, 3]
 
-    DECODE, MIXED = 0.010, 0.017
 
-    def __init__(self, max_num_seqs=64, budget=4096):
-        self.vllm_config = NS(scheduler_config=NS(max_num_seqs=max_num_seqs, max_num_batched_tokens=budget))
-        self.now, self.reqs = 100.0, {}
+class PrefillLLM:
+    """`generate` runs all prompts in one step of 2 ms + 10 us per token on a clock of its own."""
+
+    def __init__(self):
+        self.now, self.calls = 0.0, []
+
+    def generate(self, prompts, sp, use_tqdm=False):
+        tokens = sum(len(p["prompt_token_ids"]) for p in prompts)
+        self.calls.append((len(prompts), tokens, sp.max_tokens))
+        start, self.now = self.now, self.now + 0.002 + 10e-6 * tokens
+        return [NS(metrics=NS(scheduled_ts=start, first_token_ts=self.now)) for _ in prompts]
+
+
+def test_prefill_steps_times_each_size_by_the_engine_clock():
+    pytest.importorskip("vllm")
+    llm = PrefillLLM()
+    out = experiments.prefill_steps(llm, prompt_len=64, counts=[1, 4], vocab_size=1000, repeats=3)
+    assert list(out) == ["64", "256"]
+    assert out["256"]["prompts"] == 4 and len(out["256"]["samples"]) == 3
+    assert out["256"]["seconds"] == pytest.approx(0.002 + 10e-6 * 256)
+    assert [c[:2] for c in llm.calls] == [(1, 64)] * 3 + [(4, 256)] * 3 and {c[2] for c in llm.calls} == {1}
+
+
+class SlotEngine:
+    """Continuous batching, scripted: each step prefills at most `admit` waiting requests (FCFS;
+    each gets its first token) and gives every other running request a token. Counts generated
+    tokens, prompt tokens and steps like vLLM's metrics, and logs both token counts after each
+    finish (`finish_log[i]`: after the step that finished the (i+1)-th request)."""
+
+    def __init__(self, admit=2):
+        self.admit, self.waiting, self.running = admit, [], {}
+        self.tokens = self.prompt_tokens = self.steps = 0
+        self.finish_log = []
+        self.vllm_config = NS(scheduler_config=NS(max_num_seqs=1024, max_num_batched_tokens=1 << 20))
 
     def add_request(self, rid, prompt, sp):
-        self.reqs[rid] = {"left": sp.max_tokens, "new": True, "wave": sp.max_tokens == 1,
-                          "delta": sp.output_kind.name == "DELTA"}
+        self.waiting.append((rid, len(prompt["prompt_token_ids"]), sp.max_tokens))
 
     def has_unfinished_requests(self):
-        return bool(self.reqs)
+        return bool(self.waiting or self.running)
 
     def step(self):
-        mixed = any(r["new"] and r["wave"] for r in self.reqs.values())
-        self.now += self.MIXED if mixed else self.DECODE
-        outs = []
-        for rid, r in list(self.reqs.items()):
-            r["new"], r["left"] = False, r["left"] - 1
+        self.steps += 1
+        for rid, plen, n in self.waiting[:self.admit]:
+            self.running[rid] = {"left": n, "n": 0}
+            self.prompt_tokens += plen
+        del self.waiting[:self.admit]
+        done = []
+        for rid, r in list(self.running.items()):
+            r["left"], r["n"] = r["left"] - 1, r["n"] + 1
+            self.tokens += 1
             if r["left"] == 0:
-                del self.reqs[rid]
-            if r["delta"] or r["left"] == 0:
-                outs.append(NS(request_id=rid, finished=r["left"] == 0, metrics=NS(last_token_ts=self.now)))
-        return outs
+                done.append((rid, r["n"]))
+                del self.running[rid]
+        self.finish_log += [(self.tokens, self.prompt_tokens)] * len(done)
+        m = NS(queued_ts=0.0, scheduled_ts=0.0, first_token_ts=0.0, last_token_ts=0.0, first_token_latency=0.0)
+        return [NS(request_id=rid, finished=True, outputs=[NS(token_ids=[0] * n)], metrics=m) for rid, n in done]
+
+    def llm(self, prompt_counter=True):
+        def get_metrics():
+            m = [NS(name="vllm:generation_tokens", value=self.tokens), NS(name="vllm:iteration_tokens_total", count=self.steps)]
+            return m + ([NS(name="vllm:prompt_tokens", value=self.prompt_tokens)] if prompt_counter else [])
+        return NS(llm_engine=self, get_metrics=get_metrics)
 
 
-def test_mixed_step_finds_the_extra_of_the_steps_that_prefill():
+def test_capped_run_window_opens_once_the_first_prompts_are_prefilled():
     pytest.importorskip("vllm")
-    eng = ScriptedEngine()
-    m = experiments.mixed_step(NS(llm_engine=eng), batch=8, wave=2, prompt_len=32, vocab_size=1000, tokens=32)
-    # waves after 4, 8, ..., 24 of the probe's 32 steps (3 decode-only steps apart): 6 a run, 3 runs
-    assert m["samples"] == 18 and all(r["window_steps"] == [1] * 6 for r in m["runs"])
-    assert m["extra_s"] == pytest.approx(0.007, abs=1e-9)  # 17 - 10 ms
-    assert m["decode_step_s"] == pytest.approx(0.010, abs=1e-9)
-    assert m["steps"] == 1 and m["wave_tokens"] == 64 and m["clock"] == "engine"
-    assert not eng.reqs  # everything it submitted finished
+    eng = SlotEngine(admit=2)
+    # 8 slots, 32 requests of 16 tokens, 2 prefilled per step: the first 8 take 4 steps, and the
+    # 1-token requests finish during them; the window opens at the first finish after that burst
+    # (8 x 16 = 128 prompt tokens counted) and closes at the 24th (32 - 8: the last submission)
+    p = experiments.capped_run(eng.llm(), [[1] * 16] * 32, [1, 3, 6, 9] * 8, 8)
+    assert p["running"] == 8 and len(p["requests"]) == 32 and sum(r["n_out"] for r in p["requests"]) == eng.tokens
+    start = next(i for i, (_, prompt) in enumerate(eng.finish_log) if prompt >= 128)
+    assert start > 0  # not the first finish: that came during the burst
+    assert p["window"]["tokens"] == eng.finish_log[23][0] - eng.finish_log[start][0]
 
 
-def test_mixed_step_counts_the_steps_a_wave_needs_under_the_budget():
+def test_capped_run_window_without_a_prompt_counter_waits_one_turnover():
     pytest.importorskip("vllm")
-    # room 72 - 8 = 64 tokens a step beside the decoders: 3 x 50 tokens take ceil(150 / 64) = 3 steps
-    m = experiments.mixed_step(NS(llm_engine=ScriptedEngine(budget=72)), batch=8, wave=3, prompt_len=50,
-                               vocab_size=1000, tokens=32, repeats=1)
-    assert m["steps"] == math.ceil(150 / 64) == 3
-
-
-def test_mixed_step_refuses_a_wave_without_free_slots():
-    pytest.importorskip("vllm")
-    with pytest.raises(ValueError, match="need 66 of the engine's max_num_seqs=64"):
-        experiments.mixed_step(NS(llm_engine=ScriptedEngine()), batch=64, wave=2, prompt_len=32, vocab_size=1000)
-
-
-def test_mixed_steps_sizes_the_wave_as_a_steady_prefill_step():
-    pytest.importorskip("vllm")
-    # c = 8, outputs of 4: 2 prompts a step, 1 - (3/4)^8 = 90 % of the steps prefill -> 2.2 -> waves of 2 beside 6
-    loads = {"8": {"prompts": [[1] * 32] * 8, "out_lens": [4] * 8}}
-    out = experiments.mixed_steps(NS(llm_engine=ScriptedEngine(max_num_seqs=8)), loads, [1, 8], 16, 1000)
-    assert (out["8"]["wave"], out["8"]["batch"], out["8"]["concurrency"]) == (2, 6, 8)
-    # c = 1 (no sweep point: the largest workload's outputs): 1/4 of the steps, 1 prompt each, beside 1 decoding
-    assert (out["1"]["wave"], out["1"]["batch"]) == (1, 1)
-    assert out["8"]["extra_s"] == pytest.approx(0.007, abs=1e-9)
+    eng = SlotEngine(admit=2)
+    p = experiments.capped_run(eng.llm(prompt_counter=False), [[1] * 16] * 32, [1, 3, 6, 9] * 8, 8)
+    assert p["window"]["tokens"] == eng.finish_log[23][0] - eng.finish_log[7][0]  # the 8th finish to the 24th
+    eng.__init__(admit=2)  # a short run (12 requests, 8 slots): half-way to the last submission, the 2nd finish to the 4th
+    p = experiments.capped_run(eng.llm(prompt_counter=False), [[1] * 16] * 12, [1, 3, 6, 9] * 3, 8)
+    assert p["window"]["tokens"] == eng.finish_log[3][0] - eng.finish_log[1][0]
