@@ -307,11 +307,12 @@ def prefill_step_seconds(curve: dict[int, float], tokens: float) -> float:
         raise ValueError("prefill_step_seconds needs at least one measured step size")
     params.positive_float("tokens", tokens)
     pts = sorted((int(t), float(s)) for t, s in curve.items())
-    if tokens <= pts[0][0] or len(pts) == 1:
-        return pts[0][1] if tokens <= pts[0][0] else pts[0][1] * tokens / pts[0][0]
-    for (t0, s0), (t1, s1) in zip(pts, pts[1:]):
-        if tokens <= t1:
-            break
+    if tokens <= pts[0][0]:
+        return pts[0][1]
+    if len(pts) == 1:  # one measured size: in proportion to the tokens
+        return pts[0][1] * tokens / pts[0][0]
+    i = next((j for j in range(1, len(pts)) if tokens <= pts[j][0]), len(pts) - 1)
+    (t0, s0), (t1, s1) = pts[i - 1], pts[i]
     return s0 + (s1 - s0) * (tokens - t0) / (t1 - t0)
 
 
