@@ -139,7 +139,8 @@ def vllm_sweep(model: str, profile: dict[str, Any], workloads: dict[str, dict[st
             out["points"][c] = capped_run(llm, w["prompts"], w["out_lens"], int(c))
             if progress:
                 p = out["points"][c]
-                print(f"[{i + 1}/{len(order)}] concurrency {c}: {p['window_tok_s']:,.0f} tok/s steady "
+                print(f"[{i + 1}/{len(order)}] concurrency {c}: {p['window_tok_s']:,.0f} tok/s "
+                      f"{'steady' if p['window'] else 'over the whole run (no steady window: more requests per slot)'} "
                       f"({len(w['prompts'])} requests, {time.perf_counter() - t0:.1f} s)", flush=True)
         w, top = workloads[order[-1]], int(order[-1])
         slots = engine.get("max_num_seqs") or top
@@ -167,7 +168,8 @@ def capped_run(llm: Any, prompts: list[list[int]], out_lens: list[int], concurre
 
     Steady state: from the first finish after the engine has prefilled every slot's first prompt
     (its `vllm:prompt_tokens` counter has grown by their tokens; where the engine does not report
-    it, the `running`-th finish, half-way to the last submission where the run is shorter) to the
+    it or it does not move, the `running`-th finish, half-way to the last submission where the run
+    is shorter; the window's `opened_by` says which) to the
     moment no request is left waiting (the last submission, or for the engine's own queue the
     finish that admits its last request). Not from the first finish: every slot's first prompt
     arrives at once, and prefilling that burst (C x prompt tokens, 16 steps of 16,384 tokens at
@@ -177,7 +179,8 @@ def capped_run(llm: Any, prompts: list[list[int]], out_lens: list[int], concurre
     (`vllm:generation_tokens`) over that window gives `window_tok_s`, and its step count
     (`engine_steps`, None where not reported) the window's `steps`: seconds / steps is the mean
     step, tokens / steps the mean number of sequences that decoded in a step (C only if every
-    slot decoded in every step). `wall_tok_s` counts the
+    slot decoded in every step). No window (None: a run too short for the burst to end before
+    the last submission) leaves `window_tok_s` at the whole run's rate. `wall_tok_s` counts the
     whole run, ramp-up and drain included. Each request's TTFT counts from its submission.
     """
     from vllm import SamplingParams
@@ -203,10 +206,16 @@ def capped_run(llm: Any, prompts: list[list[int]], out_lens: list[int], concurre
     def mark() -> None:
         marks.append((time.perf_counter(), engine_counter(llm, "vllm:generation_tokens"), engine_steps(llm)))
 
-    def burst_prefilled() -> bool:
-        if prompt0 is None:  # no prompt counter: one turnover of the slots instead
-            return finished >= max(1, min(running, end // 2))
-        return (engine_counter(llm, "vllm:prompt_tokens") or 0) - prompt0 >= burst
+    def burst_prefilled() -> str | None:  # which rule opens the window now, if any
+        nonlocal prompt0
+        if prompt0 is not None:
+            grown = (engine_counter(llm, "vllm:prompt_tokens") or 0) - prompt0
+            if grown >= burst:
+                return "first prompts prefilled"
+            if grown > 0:
+                return None
+            prompt0 = None  # a request has finished, so its prompt was prefilled: this counter does not count
+        return "one turnover of the slots" if finished >= max(1, min(running, end // 2)) else None
 
     steps0, prompt0 = engine_steps(llm), engine_counter(llm, "vllm:prompt_tokens")
     burst, end = sum(len(p) for p in prompts[:running]), n - running  # the slots' first prompts; the last submission
@@ -214,7 +223,7 @@ def capped_run(llm: Any, prompts: list[list[int]], out_lens: list[int], concurre
     nxt = min(concurrency, n)
     for i in range(nxt):
         submit(i)
-    finished = 0
+    finished, rule = 0, None
     while eng.has_unfinished_requests():
         for o in eng.step():
             if not o.finished:
@@ -222,7 +231,7 @@ def capped_run(llm: Any, prompts: list[list[int]], out_lens: list[int], concurre
             i = ids[o.request_id]
             rows[i] = _request_row(o) | {"submitted": submitted[i]}
             finished += 1
-            if not marks and finished < end and burst_prefilled():
+            if not marks and finished < end and (rule := burst_prefilled()):
                 mark()
             elif len(marks) == 1 and finished == end:
                 mark()
@@ -235,7 +244,7 @@ def capped_run(llm: Any, prompts: list[list[int]], out_lens: list[int], concurre
     window = None
     if len(marks) == 2 and marks[1][0] > marks[0][0] and None not in (marks[0][1], marks[1][1]):
         window = {"seconds": marks[1][0] - marks[0][0], "tokens": marks[1][1] - marks[0][1],
-                  "steps": _delta(marks[0][2], marks[1][2])}
+                  "steps": _delta(marks[0][2], marks[1][2]), "opened_by": rule}
     return {"concurrency": concurrency, "running": running, "wall_s": wall, "requests": done,
             "output_tokens": tokens, "wall_tok_s": tokens / wall, "window": window,
             "window_tok_s": window["tokens"] / window["seconds"] if window else tokens / wall,
@@ -394,8 +403,8 @@ def spec_run(model: str, profile: dict[str, Any], engine: dict[str, Any], worklo
     specializes integer arguments such as the number of requests), and vLLM's own warm-up never
     drafts, so without this the first group at each batch compiles inside a timed request. The
     untimed pass generates `warm_tokens` tokens per request (at most `max_tokens`): the kernels
-    meet the batch's shapes in its first steps, and 16 steps see the step-to-step variants too
-    (Triton also specializes an integer on whether it divides by 16).
+    meet the batch's shapes in its first steps (with drafts accepted, 16 tokens take fewer
+    steps; vLLM warns of every kernel compiled during inference, so a short pass shows).
     `repeats`: time the workload that many times at each batch; each request row carries its
     `repeat` (`speculative.run_summary` takes the median over repeats)."""
     from vllm import SamplingParams
@@ -484,6 +493,10 @@ def prefill_ladder(prompt_len: int, need_tokens: float, budget: int | None = Non
     [1, 2, 4, 8, 16, 32, 48]
     """
     plen = params.positive_int("prompt_len", prompt_len)
+    if budget and budget < plen:
+        raise ValueError(f"a {plen}-token prompt does not fit the engine's step budget of {budget} tokens: its prefill "
+                         "would take several steps, and a step that only prefills could not be timed; raise "
+                         "max_num_batched_tokens to at least the prompt length")
     top = max(1, min(budget // plen if budget else 1 << 30, max_seqs or 1 << 30))
     counts, k = [], 1
     while k < top and k * plen < need_tokens:

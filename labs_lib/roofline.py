@@ -297,7 +297,8 @@ def prefill_step_seconds(curve: dict[int, float], tokens: float) -> float:
     prefill (`curve`: tokens in the step -> seconds, e.g. `experiments.prefill_steps`): linear
     between the two measured sizes around `tokens`; below the smallest, the smallest's time (a step
     that prefills costs at least what the smallest measured one did: its fixed costs dominate);
-    above the largest, extended along the last two points' slope.
+    above the largest, extended along the last two points' slope (never falling: a noisy last
+    point cannot make a bigger step cheaper); one measured size alone, in proportion to it.
 
     >>> curve = {256: 0.013, 512: 0.015, 1024: 0.031}
     >>> [round(prefill_step_seconds(curve, t) * 1e3, 1) for t in (100, 256, 384, 1024, 1536)]
@@ -313,6 +314,8 @@ def prefill_step_seconds(curve: dict[int, float], tokens: float) -> float:
         return pts[0][1] * tokens / pts[0][0]
     i = next((j for j in range(1, len(pts)) if tokens <= pts[j][0]), len(pts) - 1)
     (t0, s0), (t1, s1) = pts[i - 1], pts[i]
+    if tokens > t1:
+        return s1 + max(0.0, s1 - s0) * (tokens - t1) / (t1 - t0)
     return s0 + (s1 - s0) * (tokens - t0) / (t1 - t0)
 
 

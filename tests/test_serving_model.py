@@ -201,9 +201,15 @@ def test_capped_run_window_opens_once_the_first_prompts_are_prefilled():
     # (8 x 16 = 128 prompt tokens counted) and closes at the 24th (32 - 8: the last submission)
     p = experiments.capped_run(eng.llm(), [[1] * 16] * 32, [1, 3, 6, 9] * 8, 8)
     assert p["running"] == 8 and len(p["requests"]) == 32 and sum(r["n_out"] for r in p["requests"]) == eng.tokens
-    start = next(i for i, (_, prompt) in enumerate(eng.finish_log) if prompt >= 128)
-    assert start > 0  # not the first finish: that came during the burst
-    assert p["window"]["tokens"] == eng.finish_log[23][0] - eng.finish_log[start][0]
+    # worked by hand: steps 1-4 admit requests 0-7; finishes 1-3 (requests 0, 4, 1) come in steps 1 and 3,
+    # the 4th (request 5) in step 5, after step 4 has prefilled the last of the first 8 prompts
+    assert eng.finish_log[2][1] == 96 and eng.finish_log[3][1] >= 128
+    assert p["window"]["opened_by"] == "first prompts prefilled"
+    assert p["window"]["tokens"] == eng.finish_log[23][0] - eng.finish_log[3][0]
+    # one slot: the first finish already follows its prefill
+    eng.__init__(admit=2)
+    p = experiments.capped_run(eng.llm(), [[1] * 16] * 4, [3, 2, 4, 2], 1)
+    assert p["window"]["tokens"] == eng.finish_log[2][0] - eng.finish_log[0][0]
 
 
 def test_capped_run_window_without_a_prompt_counter_waits_one_turnover():
@@ -211,6 +217,29 @@ def test_capped_run_window_without_a_prompt_counter_waits_one_turnover():
     eng = SlotEngine(admit=2)
     p = experiments.capped_run(eng.llm(prompt_counter=False), [[1] * 16] * 32, [1, 3, 6, 9] * 8, 8)
     assert p["window"]["tokens"] == eng.finish_log[23][0] - eng.finish_log[7][0]  # the 8th finish to the 24th
+    assert p["window"]["opened_by"] == "one turnover of the slots"
+    frozen = SlotEngine(admit=2)
+    llm = frozen.llm()
+    get = llm.get_metrics
+    llm.get_metrics = lambda: [m if m.name != "vllm:prompt_tokens" else NS(name=m.name, value=0) for m in get()]
+    p = experiments.capped_run(llm, [[1] * 16] * 32, [1, 3, 6, 9] * 8, 8)  # a counter that never moves: the same rule
+    assert p["window"]["tokens"] == frozen.finish_log[23][0] - frozen.finish_log[7][0]
     eng.__init__(admit=2)  # a short run (12 requests, 8 slots): half-way to the last submission, the 2nd finish to the 4th
     p = experiments.capped_run(eng.llm(prompt_counter=False), [[1] * 16] * 12, [1, 3, 6, 9] * 3, 8)
     assert p["window"]["tokens"] == eng.finish_log[3][0] - eng.finish_log[1][0]
+
+
+def test_capped_run_without_a_steady_window_reports_the_whole_run():
+    pytest.importorskip("vllm")
+    eng = SlotEngine(admit=1)  # 8 slots filled one per step: the burst outlasts 12 requests' last submission
+    p = experiments.capped_run(eng.llm(), [[1] * 16] * 12, [1, 3, 6, 9] * 3, 8)
+    assert p["window"] is None and p["window_tok_s"] == pytest.approx(p["wall_tok_s"])
+
+
+def test_prefill_ladder_refuses_a_prompt_longer_than_the_budget():
+    with pytest.raises(ValueError, match="does not fit the engine's step budget of 128 tokens"):
+        experiments.prefill_ladder(256, 1000, budget=128)
+
+
+def test_prefill_step_seconds_never_falls_past_the_last_point():
+    assert roofline.prefill_step_seconds({256: 0.020, 512: 0.015}, 4096) == pytest.approx(0.015)
