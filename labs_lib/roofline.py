@@ -222,11 +222,10 @@ def serving_step(cfg: dict[str, Any], concurrency: int, prompt_len: int, out_len
     params.positive_int("prompt_len", prompt_len)
     lens = [params.positive_int("out_lens item", n) for n in out_lens]
     context = prompt_len + sum(n * (n - 1) / 2 for n in lens) / sum(lens)
-    share = prefill_share(concurrency, lens, prompt_len, max_num_batched_tokens)
     size = prefill_step_size(concurrency, lens, prompt_len, max_num_batched_tokens)
     return {**decode_step(cfg, concurrency, max(1, round(context)), dtype), "context": context,
-            "prompts_per_step": share["prompts_per_step"], "prefill_share": share["share"],
-            "prompts_per_prefill_step": share["prompts_per_prefill_step"],
+            "prompts_per_step": size["prompts_per_step"], "prefill_share": size["share"],
+            "prompts_per_prefill_step": size["prompts_per_prefill_step"],
             "prefill_step_tokens": size["tokens"], "prefill_step_decoders": size["decoders"]}
 
 
@@ -271,16 +270,17 @@ def prefill_share(concurrency: int, out_lens: Any, prompt_len: int,
 
 def prefill_step_size(concurrency: int, out_lens: Any, prompt_len: int,
                       max_num_batched_tokens: int | None = None) -> dict[str, float]:
-    """What a steady-state step that prefills holds: `prompts` new prompts on average
-    (`prefill_share`'s `prompts_per_prefill_step`), the `decoders` = concurrency - prompts other
-    sequences decoding beside them (at least 0), and `tokens` = decoders + prompts x
-    `prompt_len` in all (at most the step's token budget): the rows its matmuls process.
+    """What a steady-state step that prefills holds: `prefill_share`'s fields (`share` of the
+    steps prefill, `prompts_per_prefill_step` new prompts each on average), the `decoders` =
+    concurrency - prompts_per_prefill_step other sequences decoding beside them (at least 0), and
+    `tokens` = decoders + prompts_per_prefill_step x `prompt_len` in all (at most the step's token
+    budget): the rows its matmuls process.
 
     >>> s = prefill_step_size(1, [64, 64], prompt_len=256)  # one slot: its new prompt, no decoder
-    >>> s["prompts"], s["decoders"], s["tokens"]
+    >>> s["prompts_per_prefill_step"], s["decoders"], s["tokens"]
     (1.0, 0.0, 256.0)
     >>> s = prefill_step_size(64, [64, 64], prompt_len=256)  # q = 1/64: 1 prompt per step, 1 - (63/64)^64 of the steps
-    >>> round(s["prompts"], 4), round(s["tokens"], 1)  # 1 / 0.635; 64 - 1.5748 + 1.5748 x 256
+    >>> round(s["prompts_per_prefill_step"], 4), round(s["tokens"], 1)  # 1 / 0.635; 64 - 1.5748 + 1.5748 x 256
     (1.5748, 465.6)
     """
     share = prefill_share(concurrency, out_lens, prompt_len, max_num_batched_tokens)
@@ -289,7 +289,7 @@ def prefill_step_size(concurrency: int, out_lens: Any, prompt_len: int,
     tokens = decoders + k * prompt_len
     if max_num_batched_tokens is not None:
         tokens = min(tokens, float(max_num_batched_tokens))
-    return {"prompts": k, "decoders": decoders, "tokens": tokens}
+    return {**share, "decoders": decoders, "tokens": tokens}
 
 
 def prefill_step_seconds(curve: dict[int, float], tokens: float) -> float:
@@ -319,14 +319,13 @@ def prefill_step_seconds(curve: dict[int, float], tokens: float) -> float:
     return s0 + (s1 - s0) * (tokens - t0) / (t1 - t0)
 
 
-def steady_step_seconds(step: dict[str, float], decode_s: float, prefill_step_s: float) -> dict[str, float]:
-    """A steady-state step's mean time: the share of steps that prefill (`step["prefill_share"]`,
+def steady_step_seconds(step: dict[str, float], decode_s: float, prefill_step_s: float) -> float:
+    """A steady-state step's mean time in seconds: the share of steps that prefill (`step["prefill_share"]`,
     from `serving_step`) at `prefill_step_s` (e.g. `prefill_step_seconds` at the step's tokens,
     plus its decoders' KV reads), the others at `decode_s` (a decode-only step, e.g.
     `predict_step`'s seconds at the concurrency and context). Throughput = concurrency / `seconds`.
 
-    >>> r = steady_step_seconds({"prefill_share": 0.8}, decode_s=0.010, prefill_step_s=0.030)
-    >>> round(r["seconds"] * 1e3, 2)  # 0.8 x 30 + 0.2 x 10
+    >>> round(steady_step_seconds({"prefill_share": 0.8}, decode_s=0.010, prefill_step_s=0.030) * 1e3, 2)  # 0.8 x 30 + 0.2 x 10
     26.0
     """
     params.positive_float("decode_s", decode_s)
@@ -334,5 +333,4 @@ def steady_step_seconds(step: dict[str, float], decode_s: float, prefill_step_s:
     share = step["prefill_share"]
     if not 0.0 <= share <= 1.0:
         raise ValueError(f"prefill_share must be in [0, 1], got {share!r}")
-    return {"decode_s": decode_s, "prefill_step_s": prefill_step_s, "share": share,
-            "seconds": share * prefill_step_s + (1.0 - share) * decode_s}
+    return share * prefill_step_s + (1.0 - share) * decode_s

@@ -81,7 +81,7 @@ def test_prefill_step_size_counts_the_decoders_beside_the_prompts():
     # c = 8, outputs of 4: 2 prompts a step, 1 - (3/4)^8 of the steps prefill -> 2.2 prompts beside 5.8 decoders
     s = roofline.prefill_step_size(8, [4] * 8, prompt_len=32)
     k = 2 / (1 - 0.75 ** 8)
-    assert s["prompts"] == pytest.approx(k)
+    assert s["prompts_per_prefill_step"] == pytest.approx(k)
     assert s["decoders"] == pytest.approx(8 - k)
     assert s["tokens"] == pytest.approx(8 - k + 32 * k)
 
@@ -89,7 +89,7 @@ def test_prefill_step_size_counts_the_decoders_beside_the_prompts():
 def test_prefill_step_size_stays_inside_the_budget():
     # 4 slots, outputs of 8: 0.5 prompts of 100 tokens a step in 100 tokens of room -> half the steps, 1 prompt each
     s = roofline.prefill_step_size(4, [8, 8], prompt_len=100, max_num_batched_tokens=104)
-    assert s["prompts"] == pytest.approx(1.0)
+    assert s["prompts_per_prefill_step"] == pytest.approx(1.0)
     assert s["tokens"] == pytest.approx(103.0)  # 3 decoders + 100 prompt tokens, inside 104
     big = roofline.prefill_step_size(64, [2] * 4, prompt_len=512, max_num_batched_tokens=1024)
     assert big["tokens"] == pytest.approx(1024.0)  # the budget caps the step
@@ -107,8 +107,8 @@ def test_prefill_step_seconds_interpolates_floors_and_extends():
 
 def test_steady_step_weights_the_two_kinds_of_step():
     r = roofline.steady_step_seconds({"prefill_share": 0.25}, decode_s=0.010, prefill_step_s=0.050)
-    assert r["seconds"] == pytest.approx(0.25 * 0.050 + 0.75 * 0.010)
-    assert roofline.steady_step_seconds({"prefill_share": 1.0}, 0.010, 0.050)["seconds"] == pytest.approx(0.050)
+    assert r == pytest.approx(0.25 * 0.050 + 0.75 * 0.010)
+    assert roofline.steady_step_seconds({"prefill_share": 1.0}, 0.010, 0.050) == pytest.approx(0.050)
 
 
 def test_steady_step_rejects_bad_inputs():
