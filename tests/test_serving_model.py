@@ -243,3 +243,20 @@ def test_prefill_ladder_refuses_a_prompt_longer_than_the_budget():
 
 def test_prefill_step_seconds_never_falls_past_the_last_point():
     assert roofline.prefill_step_seconds({256: 0.020, 512: 0.015}, 4096) == pytest.approx(0.015)
+
+
+def test_batching_pair_repeats_keep_the_fastest_run(monkeypatch):
+    walls = iter([3.0, 2.0, 2.5])
+
+    def fake_capped(llm, prompts, out_lens, batch):
+        w = next(walls)
+        return {"wall_s": w, "requests": [{"submitted": 0.5, "ttft": w / 10, "e2e": w}]}
+
+    monkeypatch.setattr(experiments, "capped_run", fake_capped)
+    out = experiments.batching_pair(None, [[1] * 4], [2], batch=1, vocab_size=10, static=False, repeats=3)
+    assert out["continuous_walls"] == [3.0, 2.0, 2.5]
+    assert out["continuous"]["wall_s"] == 2.0
+    assert out["continuous"]["requests"][0]["ttft"] == pytest.approx(0.5 + 0.2)  # counted from t = 0
+    assert "static" not in out
+    with pytest.raises(ValueError, match="repeats"):
+        experiments.batching_pair(None, [[1] * 4], [2], batch=1, vocab_size=10, static=False, repeats=0)
