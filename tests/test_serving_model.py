@@ -245,18 +245,28 @@ def test_prefill_step_seconds_never_falls_past_the_last_point():
     assert roofline.prefill_step_seconds({256: 0.020, 512: 0.015}, 4096) == pytest.approx(0.015)
 
 
-def test_batching_pair_repeats_keep_the_fastest_run(monkeypatch):
-    walls = iter([3.0, 2.0, 2.5])
+def test_batching_pair_interleaves_repeats_and_keeps_the_median_run(monkeypatch):
+    walls, calls = {"continuous": iter([3.0, 2.0, 2.5]), "static": iter([6.0, 5.0, 7.0])}, []
 
     def fake_capped(llm, prompts, out_lens, batch):
-        w = next(walls)
+        calls.append("c")
+        w = next(walls["continuous"])
         return {"wall_s": w, "requests": [{"submitted": 0.5, "ttft": w / 10, "e2e": w}]}
 
+    def fake_static(llm, prompts, out_lens, batch):
+        calls.append("s")
+        return {"wall_s": next(walls["static"])}
+
     monkeypatch.setattr(experiments, "capped_run", fake_capped)
-    out = experiments.batching_pair(None, [[1] * 4], [2], batch=1, vocab_size=10, static=False, repeats=3)
-    assert out["continuous_walls"] == [3.0, 2.0, 2.5]
-    assert out["continuous"]["wall_s"] == 2.0
-    assert out["continuous"]["requests"][0]["ttft"] == pytest.approx(0.5 + 0.2)  # counted from t = 0
-    assert "static" not in out
+    monkeypatch.setattr(experiments, "static_batches", fake_static)
+    monkeypatch.setattr(experiments, "decode_step", lambda *a, **k: 0.01)
+    out = experiments.batching_pair(None, [[1] * 4], [2], batch=1, vocab_size=10, repeats=3)
+    assert calls == ["c", "s", "c", "s", "c", "s"]
+    assert out["continuous_walls"] == [3.0, 2.0, 2.5] and out["static_walls"] == [6.0, 5.0, 7.0]
+    assert out["continuous"]["wall_s"] == 2.5 and out["static"]["wall_s"] == 6.0  # the medians
+    assert out["continuous"]["requests"][0]["ttft"] == pytest.approx(0.5 + 0.25)  # counted from t = 0
+    walls["continuous"] = iter([3.0, 2.0])
+    out = experiments.batching_pair(None, [[1] * 4], [2], batch=1, vocab_size=10, static=False, repeats=2)
+    assert out["continuous"]["wall_s"] == 2.0 and "static" not in out  # of two, the faster
     with pytest.raises(ValueError, match="repeats"):
         experiments.batching_pair(None, [[1] * 4], [2], batch=1, vocab_size=10, static=False, repeats=0)
