@@ -43,7 +43,7 @@ def test_client_recovers_random_latency_distributions():
     """Each request's latencies are drawn from its own generator (seed and request), so we know
     what the mock slept for every request, however the 8 concurrent streams interleave: the
     client must measure those, request by request and token by token."""
-    ttft, itl, seed = "exp:0.04", "lognormal:0.01:0.3", 3
+    ttft, itl, seed = "exp:0.04", "lognormal:0.02:0.6", 3
     reqs = _requests(n=40, tokens=30)
     with mock_server(ttft, itl, seed=seed) as url:
         res = _run(url, c=8, reqs=reqs)
@@ -52,8 +52,8 @@ def test_client_recovers_random_latency_distributions():
     true_ttft = np.array([first for first, _ in plans])
     true_itl = np.array([gaps for _, gaps in plans])  # 40 requests x 29 gaps
     # the draws follow the asked distributions (no timing here: exact and repeatable)
-    assert np.median(true_itl) == pytest.approx(0.01, rel=0.05)  # lognormal: median 0.01 s
-    assert np.log(true_itl).std() == pytest.approx(0.3, rel=0.1)  # ... and sigma 0.3
+    assert np.median(true_itl) == pytest.approx(0.02, rel=0.05)  # lognormal: median 0.02 s
+    assert np.log(true_itl).std() == pytest.approx(0.6, rel=0.1)  # ... and sigma 0.6
     assert true_ttft.mean() == pytest.approx(0.04, rel=0.5)  # 40 exponential draws: wide on purpose
     assert len(res.ok) == 40 and all(len(r.itl) == 29 for r in res.results)
     ttft_m = np.array([r.ttft for r in res.results])  # results come in request order
@@ -62,7 +62,9 @@ def test_client_recovers_random_latency_distributions():
     # a mock that gave requests other draws, or a client that mixed requests up, scores ~0)
     assert np.corrcoef(ttft_m, true_ttft)[0, 1] > 0.95
     assert -0.001 < np.median(ttft_m - true_ttft) < TOL  # + loopback and scheduling, never less
-    # token by token: each gap tracks the drawn gap (~0.97 here, ~0.9 with both cores busy)
+    # token by token: each gap tracks the drawn gap. The gaps spread by about 16 ms, so a few ms
+    # of event-loop jitter leave the correlation far above 0.8 (with median 10 ms and sigma 0.3,
+    # a 3 ms spread, one CI run measured 0.73)
     assert np.corrcoef(itl_m.ravel(), true_itl.ravel())[0, 1] > 0.8
     assert abs(np.median(itl_m - true_itl)) < 0.001
     assert itl_m.mean() == pytest.approx(true_itl.mean(), rel=0.02)
