@@ -624,14 +624,21 @@ def prefill_ladder(prompt_len: int, need_tokens: float, budget: int | None = Non
 
 
 def prefill_steps(llm: Any, prompt_len: int, counts: list[int], vocab_size: int,
-                  repeats: int = 3) -> dict[str, dict[str, Any]]:
+                  repeats: int = 5) -> dict[str, dict[str, Any]]:
     """The engine's time for a step that does nothing but prefill k prompts of `prompt_len`
     tokens (one output token each, sampled in that step), for each k of `counts`: keyed by the
-    step's tokens k x prompt_len, {"prompts", "seconds" (the median of `repeats`), "samples"}.
+    step's tokens k x prompt_len, {"prompts", "seconds" (the fastest of `repeats`), "samples",
+    "spread" (slowest / fastest - 1)}.
     Timed by the engine's own timestamps, from the first scheduled prompt to the last first token:
     the step as the engine ran it, with whatever its path costs at that size (on a GPU, up to the
     largest captured size a piecewise CUDA graph, beyond it none). `roofline.prefill_step_seconds`
-    reads a step of any size off these points."""
+    reads a step of any size off these points.
+
+    Why the fastest: each of these steps runs alone on an idle engine, so whatever else the host
+    does lands in it whole (on the H200, three 1,024-token steps took 28.0, 38.4 and 39.0 ms),
+    while a steady-state step runs back to back with others and overlaps its host work with the
+    previous step's GPU work; other work only adds time, so the fastest sample is the step's own
+    cost. `spread` shows how much the others added."""
     from vllm import SamplingParams
 
     from .workload import token_prompts
@@ -644,7 +651,8 @@ def prefill_steps(llm: Any, prompt_len: int, counts: list[int], vocab_size: int,
             ps = token_prompts(k, prompt_len, vocab_size=vocab_size, seed=30_000 + 97 * k + r)
             outs = llm.generate([{"prompt_token_ids": p} for p in ps], sp, use_tqdm=False)
             spans.append(max(o.metrics.first_token_ts for o in outs) - min(o.metrics.scheduled_ts for o in outs))
-        out[str(k * prompt_len)] = {"prompts": k, "seconds": float(sorted(spans)[len(spans) // 2]), "samples": spans}
+        out[str(k * prompt_len)] = {"prompts": k, "seconds": float(min(spans)), "samples": spans,
+                                    "spread": float(max(spans) / min(spans) - 1) if min(spans) > 0 else None}
     return out
 
 

@@ -148,7 +148,29 @@ def test_prefill_steps_times_each_size_by_the_engine_clock():
     assert list(out) == ["64", "256"]
     assert out["256"]["prompts"] == 4 and len(out["256"]["samples"]) == 3
     assert out["256"]["seconds"] == pytest.approx(0.002 + 10e-6 * 256)
+    assert out["256"]["spread"] == pytest.approx(0.0)
     assert [c[:2] for c in llm.calls] == [(1, 64)] * 3 + [(4, 256)] * 3 and {c[2] for c in llm.calls} == {1}
+
+
+class HiccupLLM(PrefillLLM):
+    """Like PrefillLLM, but the host steals 10 ms from every other step."""
+
+    def generate(self, prompts, sp, use_tqdm=False):
+        out = super().generate(prompts, sp, use_tqdm)
+        if len(self.calls) % 2:
+            self.now += 0.010
+            for o in out:
+                o.metrics.first_token_ts = self.now
+        return out
+
+
+def test_prefill_steps_keeps_the_fastest_sample_and_reports_the_spread():
+    pytest.importorskip("vllm")
+    out = experiments.prefill_steps(HiccupLLM(), prompt_len=100, counts=[1], vocab_size=1000, repeats=5)
+    clean = 0.002 + 10e-6 * 100
+    assert sorted(out["100"]["samples"]) == pytest.approx([clean] * 2 + [clean + 0.010] * 3)
+    assert out["100"]["seconds"] == pytest.approx(clean)  # the median would be the hiccup's
+    assert out["100"]["spread"] == pytest.approx(0.010 / clean)
 
 
 class SlotEngine:
