@@ -31,7 +31,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-ENGINE_MARKERS = ("vllm.entrypoints", "labs_lib.experiments")
+ENGINE_MARKERS = ("vllm.entrypoints", "labs_lib.experiments", "labs_lib.vllm_serve")
 MAX_AGE_S = 5.0
 
 

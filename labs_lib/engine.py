@@ -229,7 +229,8 @@ def server_env(kw: dict[str, Any], prof: Profile) -> dict[str, str]:
     the experiment workers' main). The server still runs its engine core in a child process, but
     with the in-process switch on (CPU tier) that child runs the model itself: vLLM-CPU otherwise
     turns the `uni` executor into `mp` and starts a third process, one more `import vllm` (a CPU
-    server's start went from 38.8 s to 26.0 s, the same 2-core machine).
+    server's start went from 38.8 s to 26.0 s, the same 2-core machine; forking that child,
+    `labs_lib.vllm_serve`, then took it to about 16 s).
 
     >>> from labs_lib.tiers import CPU
     >>> env = server_env({}, CPU)
@@ -274,18 +275,20 @@ class Server:
 
 
 def server_command(spec: ModelSpec, prof: Profile, port: int, **kwargs: Any) -> list[str]:
-    """The `python -m vllm.entrypoints.openai.api_server ...` command line for `spec`.
+    """The `python -m vllm.entrypoints.openai.api_server ...` command line for `spec`; on the CPU
+    tier `labs_lib.vllm_serve`, the same server with its engine core forked instead of spawned
+    (a start 8-10 s shorter on a 2-core machine: see that module).
 
     >>> from labs_lib.models import resolve
     >>> from labs_lib.tiers import CPU
     >>> cmd = server_command(resolve("Llama-3.1-8B"), CPU, 8123, max_model_len=2048)
-    >>> cmd[cmd.index("--port") + 1], "--load-format" in cmd, "--no-enable-prefix-caching" in cmd
-    ('8123', True, True)
+    >>> cmd[cmd.index("--port") + 1], "--load-format" in cmd, "--no-enable-prefix-caching" in cmd, cmd[2]
+    ('8123', True, True, 'labs_lib.vllm_serve')
     """
     kw = engine_kwargs(spec, prof, **kwargs)
     kw.pop("disable_log_stats")  # the server logs stats by default; the flag only turns them off
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-           "--host", "127.0.0.1", "--port", str(port)]
+    entry = "vllm.entrypoints.openai.api_server" if prof.gpu else "labs_lib.vllm_serve"
+    cmd = [sys.executable, "-m", entry, "--host", "127.0.0.1", "--port", str(port)]
     for key, value in kw.items():
         flag = "--" + key.replace("_", "-")
         if key == "enable_prefix_caching":

@@ -168,3 +168,34 @@ def test_shared_max_model_len_rounds_gpu_engines_up_to_the_common_context_within
     short = dataclasses.replace(llama, config={**llama.config, "max_position_embeddings": 2048})
     assert engine.shared_max_model_len(short, gpu, 704) == 2048  # never past the model's positions
     assert engine.shared_max_model_len(llama, CPU, 704) == 704
+
+
+# --- labs_lib.vllm_serve: the CPU server's engine core forked, not spawned ----------------------
+
+
+def test_vllm_serve_puts_fork_back_after_the_cpu_platform_forces_spawn(monkeypatch):
+    cpu = pytest.importorskip("vllm.platforms.cpu")
+    from labs_lib import vllm_serve
+
+    def forces_spawn(cls, vllm_config):  # what vLLM-CPU's check does to the start method
+        os.environ["VLLM_WORKER_MULTIPROC_METHOD"] = "spawn"
+        vllm_config.append("checked")
+
+    monkeypatch.setattr(cpu.CpuPlatform, "check_and_update_config", classmethod(forces_spawn))
+    monkeypatch.setenv("VLLM_WORKER_MULTIPROC_METHOD", "fork")
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")  # worker processes: vLLM's choice stands
+    assert vllm_serve._fork_engine_core() is False
+    cfg = []
+    cpu.CpuPlatform.check_and_update_config(cfg)
+    assert os.environ["VLLM_WORKER_MULTIPROC_METHOD"] == "spawn"
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process executor: fork
+    assert vllm_serve._fork_engine_core() is True
+    cpu.CpuPlatform.check_and_update_config(cfg)
+    assert cfg == ["checked", "checked"] and os.environ["VLLM_WORKER_MULTIPROC_METHOD"] == "fork"
+
+
+def test_server_command_forks_the_engine_core_on_cpu_only():
+    spec = models.resolve("Llama-3.1-8B")
+    assert engine.server_command(spec, CPU, 8000)[1:3] == ["-m", "labs_lib.vllm_serve"]
+    gpu = dataclasses.replace(CPU, tier="gpu", device="cuda", compute_capability=(9, 0))
+    assert engine.server_command(spec, gpu, 8000)[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]

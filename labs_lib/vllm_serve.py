@@ -1,0 +1,42 @@
+"""vLLM's OpenAI-compatible server whose engine core is forked, not spawned (CPU tier).
+
+    python -m labs_lib.vllm_serve --model ... --port ...   # the same arguments as vLLM's server
+
+vLLM's server runs its engine core in a child process. On a GPU that child is forked from the
+server (vLLM's default); vLLM-CPU forces `spawn` for every child (its platform sets
+VLLM_WORKER_MULTIPROC_METHOD=spawn while it checks the config, for the worker processes of its
+multi-process executor), so the engine core imports torch, transformers and vLLM all over again:
+about 13 s of a 26 s server start on a 2-core machine. With the in-process executor
+(VLLM_ENABLE_V1_MULTIPROCESSING=0, `engine.server_env`) there are no such workers, and this
+module puts `fork` back right after that check, so the engine core starts from the server's
+imports. Where vLLM's platform has no such check (another version), it runs vLLM's server as is.
+`engine.server_command` uses this module on the CPU tier only.
+"""
+from __future__ import annotations
+
+import os
+import runpy
+
+
+def _fork_engine_core() -> bool:
+    """Patch vLLM-CPU's config check to leave `fork` as the start method; False if not found."""
+    try:
+        from vllm.platforms import cpu
+    except ImportError:
+        return False
+    check = getattr(getattr(cpu, "CpuPlatform", None), "check_and_update_config", None)
+    if check is None or os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") != "0":
+        return False  # with worker processes, vLLM-CPU's own choice stands
+    original = check.__func__
+
+    def check_and_update_config(cls, vllm_config):
+        original(cls, vllm_config)
+        os.environ["VLLM_WORKER_MULTIPROC_METHOD"] = "fork"
+
+    cpu.CpuPlatform.check_and_update_config = classmethod(check_and_update_config)
+    return True
+
+
+if __name__ == "__main__":
+    _fork_engine_core()
+    runpy.run_module("vllm.entrypoints.openai.api_server", run_name="__main__", alter_sys=True)
