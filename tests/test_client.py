@@ -58,14 +58,15 @@ def test_client_recovers_random_latency_distributions():
     assert len(res.ok) == 40 and all(len(r.itl) == 29 for r in res.results)
     ttft_m = np.array([r.ttft for r in res.results])  # results come in request order
     itl_m = np.array([r.itl for r in res.results])
-    # request by request: the measured TTFT tracks the drawn one (spread 40 ms, noise ~2 ms;
-    # a mock that gave requests other draws, or a client that mixed requests up, scores ~0)
-    assert np.corrcoef(ttft_m, true_ttft)[0, 1] > 0.95
+    # request by request: the measured TTFT lands within TOL of the drawn one for nearly every
+    # request (this machine: all 40, worst 7-14 ms, the 8 that start together). A share, not a
+    # correlation: one host hiccup on one request dragged a Pearson r to 0.52 in a CI run. A mock
+    # that gave requests other draws, or a client that mixed requests up, scores about 0.4.
+    assert np.mean(abs(ttft_m - true_ttft) < TOL) >= 0.9
     assert -0.001 < np.median(ttft_m - true_ttft) < TOL  # + loopback and scheduling, never less
-    # token by token: each gap tracks the drawn gap. The gaps spread by about 16 ms, so a few ms
-    # of event-loop jitter leave the correlation far above 0.8 (with median 10 ms and sigma 0.3,
-    # a 3 ms spread, one CI run measured 0.73)
-    assert np.corrcoef(itl_m.ravel(), true_itl.ravel())[0, 1] > 0.8
+    # token by token: each gap within 3 ms of the drawn gap (this machine: 99.3-100 % of the 1,160,
+    # also with one core kept busy); gaps spread by about 16 ms, so mixed-up gaps score about 0.2
+    assert np.mean(abs(itl_m - true_itl) < 0.003) >= 0.9
     assert abs(np.median(itl_m - true_itl)) < 0.001
     assert itl_m.mean() == pytest.approx(true_itl.mean(), rel=0.02)
 
