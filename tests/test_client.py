@@ -58,15 +58,19 @@ def test_client_recovers_random_latency_distributions():
     assert len(res.ok) == 40 and all(len(r.itl) == 29 for r in res.results)
     ttft_m = np.array([r.ttft for r in res.results])  # results come in request order
     itl_m = np.array([r.itl for r in res.results])
-    # request by request: the measured TTFT lands within TOL of the drawn one for nearly every
-    # request (this machine: all 40, worst 7-14 ms, the 8 that start together). A share, not a
-    # correlation: one host hiccup on one request dragged a Pearson r to 0.52 in a CI run. A mock
-    # that gave requests other draws, or a client that mixed requests up, scores about 0.4.
-    assert np.mean(abs(ttft_m - true_ttft) < TOL) >= 0.9
-    assert -0.001 < np.median(ttft_m - true_ttft) < TOL  # + loopback and scheduling, never less
-    # token by token: each gap within 3 ms of the drawn gap (this machine: 99.3-100 % of the 1,160,
-    # also with one core kept busy); gaps spread by about 16 ms, so mixed-up gaps score about 0.2
-    assert np.mean(abs(itl_m - true_itl) < 0.003) >= 0.9
+    # request by request: each measured TTFT lands within TOL of its drawn one, never below it.
+    # Judged after the first wave: the first 8 are sent together, so each also waits for the
+    # client's and the mock's work on the other 7 (here 7-14 ms late idle, up to 50 ms with both
+    # cores busy; 150-180 ms in one CI run, where every later request was 1-3 ms late). The rest
+    # start one by one as slots free up. A client that mixed requests up scores about 0.4.
+    c = 8
+    assert np.all(ttft_m - true_ttft > -0.001)
+    assert np.mean(abs(ttft_m[c:] - true_ttft[c:]) < TOL) >= 0.9
+    assert np.median(ttft_m[c:] - true_ttft[c:]) < TOL / 3  # loopback and scheduling
+    # token by token: each gap within TOL / 3 of the drawn gap (this machine: 90 % of the 1,160
+    # within 1.3 ms idle, 3.6 ms with both cores busy); gaps spread by about 16 ms, so mixed-up
+    # gaps score about 0.3
+    assert np.mean(abs(itl_m - true_itl) < TOL / 3) >= 0.9
     assert abs(np.median(itl_m - true_itl)) < 0.001
     assert itl_m.mean() == pytest.approx(true_itl.mean(), rel=0.02)
 
