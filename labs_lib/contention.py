@@ -32,6 +32,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 ENGINE_MARKERS = ("vllm.entrypoints", "labs_lib.experiments", "labs_lib.vllm_serve")
+# A CPU-tier engine (server or worker) is forked from a forkserver and has its command line, as
+# has the idle forkserver itself, which another notebook (or a test run) keeps: such a process
+# counts as an engine only while it works.
+FORKSERVER = "multiprocessing.forkserver"
 MAX_AGE_S = 5.0
 
 
@@ -120,7 +124,7 @@ def evaluate(prev: Mapping[int, Proc], cur: Mapping[int, Proc], *, ours: set[int
             delta = p.cpu_s
         if delta > 0:
             used.append((pid, delta / max(seconds, 1e-3), p.name))
-        if is_engine(p):
+        if is_engine(p) and (delta / max(seconds, 1e-3) >= 0.05 or FORKSERVER not in p.cmdline):
             engines.append(f"pid {pid}: {p.cmdline[:120]}")
     used.sort(key=lambda x: -x[1])
     foreign = sum(c for _, c, _ in used)

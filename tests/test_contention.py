@@ -57,6 +57,15 @@ def test_other_engines_and_a_high_load_are_busy():
     assert s.busy and s.reason() == "load average 4.5 on 2 cores"
 
 
+def test_an_idle_forkserver_is_not_an_engine_its_working_forks_are():
+    cmd = "python -c from multiprocessing.forkserver import main; main(11, 13, ['labs_lib.experiments'])"
+    idle = {8: Proc(8, 1.0, 2.0, "python", cmd)}
+    assert not evaluate(idle, idle, ours=set(), seconds=1.0, cores=2, load1=0.1).busy
+    working = {8: Proc(8, 1.0, 2.3, "python", cmd)}  # 0.3 cores: an engine forked from it
+    s = evaluate(idle, working, ours=set(), seconds=1.0, cores=2, load1=0.1)
+    assert s.busy and "other vLLM engine" in s.reason() and "pid 8" in s.reason()
+
+
 def test_the_reaper_of_an_engine_is_not_an_engine():
     reaper = Proc(8, 0, 0, "python", "python -m labs_lib.procs 1 -- python -m vllm.entrypoints")
     assert not contention.is_engine(reaper)

@@ -83,6 +83,23 @@ def test_free_port_is_bindable():
         s.bind(("127.0.0.1", port))
 
 
+def _forkserver_children() -> list[int]:
+    from multiprocessing import forkserver
+
+    import psutil
+
+    pid = getattr(forkserver._forkserver, "_forkserver_pid", None)
+    if not pid:
+        return []
+    deadline = time.monotonic() + 10  # the server's exit may take a moment to be reaped
+    while True:
+        kids = [c.pid for c in psutil.Process(pid).children(recursive=True)
+                if c.status() != psutil.STATUS_ZOMBIE]
+        if not kids or time.monotonic() > deadline:
+            return kids
+        time.sleep(0.2)
+
+
 @pytest.mark.slow
 def test_server_with_bad_model_fails_clearly_and_leaves_nothing(tmp_path):
     bad = tmp_path / "bad-model"
@@ -97,6 +114,9 @@ def test_server_with_bad_model_fails_clearly_and_leaves_nothing(tmp_path):
     assert "Log " in str(err.value)
     left = subprocess.run(["pgrep", "-f", str(bad)], capture_output=True, text=True).stdout.split()
     assert left == [], f"vLLM processes left behind: {left}"
+    # a server forked from the forkserver (CPU tier) has the forkserver's command line: look
+    # for what the forkserver still runs instead
+    assert _forkserver_children() == [], "a forked server outlived its failed start"
 
 
 @pytest.mark.slow

@@ -3,7 +3,7 @@ import time
 
 import pytest
 
-from labs_lib import experiments
+from labs_lib import engine, experiments
 from labs_lib.tiers import CPU
 
 both_ways = pytest.mark.parametrize("fork", ["0", "1"], ids=["fresh-interpreter", "forked"])
@@ -46,7 +46,7 @@ def _live_children(pid: int) -> list[int]:
 
 def test_a_forked_worker_is_killed_at_its_timeout_with_all_it_started(monkeypatch):
     monkeypatch.setenv("LABS_FORK_WORKERS", "1")
-    if not experiments._fork_workers():
+    if not engine.fork_engines():
         pytest.skip("workers are forked on the CPU build of vLLM only")
     from multiprocessing import forkserver
 
@@ -62,4 +62,4 @@ def test_a_forked_worker_is_killed_at_its_timeout_with_all_it_started(monkeypatc
 
 def test_fork_workers_is_off_when_asked(monkeypatch):
     monkeypatch.setenv("LABS_FORK_WORKERS", "0")
-    assert experiments._fork_workers() is False
+    assert engine.fork_engines() is False

@@ -231,3 +231,58 @@ def test_reaper_usage_error():
     out = subprocess.run([sys.executable, "-m", "labs_lib.procs", "123"], capture_output=True,
                          text=True, cwd=REPO)
     assert out.returncode != 0 and "usage: python -m labs_lib.procs OWNER_PID" in out.stderr
+
+
+def test_forked_process_and_what_it_forks_die_with_their_owner(tmp_path):
+    """A ForkedProcess (a CPU-tier server or worker) has no reaper: the owner's death ends the
+    forkserver, whose death SIGKILLs the process, whose death SIGKILLs what it forked."""
+    (tmp_path / "forkedtarget.py").write_text(textwrap.dedent("""
+        import os, time
+        def run():
+            if os.fork() == 0:  # like vLLM's engine core, forked by the server
+                time.sleep(300)
+                os._exit(0)
+            time.sleep(300)
+    """))
+    script = textwrap.dedent(f"""
+        import multiprocessing, subprocess, sys, time
+        sys.path[:0] = [{REPO!r}, {str(tmp_path)!r}]
+        import forkedtarget
+        from multiprocessing import forkserver
+        from labs_lib.procs import ForkedProcess
+        p = ForkedProcess(multiprocessing.get_context("forkserver"), forkedtarget.run, name="forked")
+        time.sleep(2)
+        kids = subprocess.run(["pgrep", "-g", str(p.pgid)], capture_output=True, text=True).stdout.split()
+        print(forkserver._forkserver._forkserver_pid, " ".join(kids), flush=True)
+        time.sleep(300)
+    """)
+    owner = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    pids = [int(x) for x in owner.stdout.readline().split()]
+    assert len(pids) == 3  # the forkserver, the forked process and its child
+    owner.send_signal(signal.SIGKILL)
+    owner.wait()
+    assert _survivors(pids, MARGIN) == []
+
+
+def test_forked_process_stop_takes_what_it_forked_and_reports_the_exit(tmp_path):
+    import multiprocessing
+
+    log = tmp_path / "forked.log"
+    with procs.ForkedProcess(multiprocessing.get_context("fork"), _fork_then_fail, name="f",
+                             log_path=log, grace=GRACE) as p:
+        with pytest.raises(procs.ServerStartError, match=r"(?s)exited with code 3.*child started"):
+            p.wait_until(lambda: False, timeout=30)
+        kids = p.pids()
+    assert _survivors(kids, MARGIN) == []
+    with pytest.raises(subprocess.TimeoutExpired):
+        procs.ForkedProcess(multiprocessing.get_context("fork"), time.sleep, (30,), log_path=log,
+                            grace=GRACE).wait(timeout=0.5)
+
+
+def _fork_then_fail() -> None:
+    if os.fork() == 0:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # only SIGKILL ends it
+        time.sleep(300)
+        os._exit(0)
+    print("child started", flush=True)
+    raise SystemExit(3)
