@@ -349,9 +349,10 @@ class ForkedProcess(ManagedProcess):
 
 
 def _forked_entry(target: Callable[..., object], args: tuple, log_path: str, env: dict[str, str]) -> None:
-    """The first thing a `ForkedProcess` runs: a session of its own, SIGKILL when the forkserver
-    dies (and for every process it forks, when it dies), the log as stdout and stderr, the owner's
-    environment; then `target(*args)`."""
+    """The first thing a `ForkedProcess` runs: a session of its own; its group SIGKILLed when
+    the owner dies (a thread waits on the owner's end of a pipe), itself when its parent (the
+    forkserver) dies, each process it forks when it dies; the log as stdout and stderr; the
+    owner's environment. Then `target(*args)`."""
     import threading
     from multiprocessing import forkserver, parent_process
 
