@@ -43,6 +43,11 @@ def main(argv: list[str]) -> None:
     calls it in a process forked from one that has imported vLLM (`engine.fork_context`)."""
     import sys
 
+    n = os.environ.get("OMP_NUM_THREADS", "")
+    if n.isdigit() and int(n) > 0:  # forked: torch read its thread count when the forkserver
+        import torch  # imported it, maybe for more cores than are free now (engine.server_env)
+
+        torch.set_num_threads(int(n))
     _fork_engine_core()
     sys.argv = [__name__, *argv]
     runpy.run_module("vllm.entrypoints.openai.api_server", run_name="__main__", alter_sys=True)

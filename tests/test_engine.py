@@ -219,3 +219,23 @@ def test_server_command_forks_the_engine_core_on_cpu_only():
     assert engine.server_command(spec, CPU, 8000)[1:3] == ["-m", "labs_lib.vllm_serve"]
     gpu = dataclasses.replace(CPU, tier="gpu", device="cuda", compute_capability=(9, 0))
     assert engine.server_command(spec, gpu, 8000)[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
+
+
+def test_vllm_serve_main_sizes_torch_threads_to_the_server_env(monkeypatch):
+    """A forked server inherits the forkserver's torch thread count: main sets the server's."""
+    import runpy
+
+    import torch
+
+    from labs_lib import vllm_serve
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr(vllm_serve, "_fork_engine_core", lambda: True)
+    monkeypatch.setattr(runpy, "run_module", lambda *a, **k: None)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setattr(sys, "argv", list(sys.argv))  # main sets the server's argv
+    try:
+        vllm_serve.main(["--port", "1"])
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
