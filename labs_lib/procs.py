@@ -46,7 +46,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 from urllib.parse import urlsplit
 
 _LIVE: weakref.WeakSet[ManagedProcess] = weakref.WeakSet()
@@ -150,7 +150,7 @@ class ManagedProcess:
         self.cmd = [str(c) for c in cmd]
         self.grace = default_grace() if grace is None else float(grace)
         self.log_path = Path(log_path) if log_path is not None else _default_log(name)
-        self._log = open(self.log_path, "wb")
+        self._log: IO[bytes] | None = open(self.log_path, "wb")  # closed by stop()
         self._code: int | None = None
         status_r, status_w = os.pipe()  # the reaper writes the command's exit code here
         os.set_blocking(status_r, False)
@@ -208,7 +208,7 @@ class ManagedProcess:
         return group_pids(self.pgid)
 
     def log_text(self, tail_chars: int | None = None) -> str:
-        if not self._log.closed:
+        if self._log is not None and not self._log.closed:
             self._log.flush()
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
         return text[-tail_chars:] if tail_chars else text
@@ -249,22 +249,27 @@ class ManagedProcess:
     def stop(self, grace: float | None = None) -> None:
         """SIGTERM the whole group, then SIGKILL what is left after `grace` seconds."""
         grace = self.grace if grace is None else grace
-        if self.proc.poll() is None or group_pids(self.pgid):
+        if self._running() or group_pids(self.pgid):
             _signal_group(self.pgid, signal.SIGTERM)
             deadline = time.monotonic() + grace
-            while time.monotonic() < deadline and (self.proc.poll() is None
-                                                   or group_pids(self.pgid)):
+            while time.monotonic() < deadline and (self._running() or group_pids(self.pgid)):
                 time.sleep(0.05)
             _signal_group(self.pgid, signal.SIGKILL)
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
+        self._join(5)
         self.exit_code()
         self._close_status()
-        if not self._log.closed:
+        if self._log is not None and not self._log.closed:
             self._log.close()
         _LIVE.discard(self)
+
+    def _running(self) -> bool:
+        """The process this object started (here the reaper) has not exited."""
+        return self.proc.poll() is None
+
+    def _join(self, timeout: float) -> None:
+        """Wait up to `timeout` seconds for that process to be gone."""
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=timeout)
 
     def _close_status(self) -> None:
         if self._status_r is not None:
@@ -331,21 +336,11 @@ class ForkedProcess(ManagedProcess):
             raise subprocess.TimeoutExpired(self.cmd, timeout or 0)
         return code
 
-    def log_text(self, tail_chars: int | None = None) -> str:
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return text[-tail_chars:] if tail_chars else text
+    def _running(self) -> bool:
+        return self.exit_code() is None
 
-    def stop(self, grace: float | None = None) -> None:
-        grace = self.grace if grace is None else grace
-        if self.exit_code() is None or group_pids(self.pgid):
-            _signal_group(self.pgid, signal.SIGTERM)
-            deadline = time.monotonic() + grace
-            while time.monotonic() < deadline and (self.exit_code() is None or group_pids(self.pgid)):
-                time.sleep(0.05)
-            _signal_group(self.pgid, signal.SIGKILL)
-        self.proc.join(5)
-        self.exit_code()
-        _LIVE.discard(self)
+    def _join(self, timeout: float) -> None:
+        self.proc.join(timeout)
 
 
 def _forked_entry(target: Callable[..., object], args: tuple, log_path: str, env: dict[str, str]) -> None:
