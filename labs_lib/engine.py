@@ -34,7 +34,7 @@ from typing import Any
 
 from . import contention, params
 from .models import ModelSpec
-from .procs import ForkedProcess, ManagedProcess, free_port, scoped_env
+from .procs import ForkedProcess, ManagedProcess, free_port, report, scoped_env
 from .records import run_dir
 from .tiers import GPU_MEMORY_UTILIZATION, Profile
 
@@ -217,10 +217,10 @@ def start_llm(spec: ModelSpec, prof: Profile, *, env: dict[str, str | None] | No
     with scoped_env(env):
         from vllm import LLM
 
-        print(f"vLLM engine: {spec.describe()}; dtype {kw['dtype']}", flush=True)
+        report(f"vLLM engine: {spec.describe()}; dtype {kw['dtype']}")
         t0 = time.perf_counter()
         llm = LLM(**kw)
-    print(f"vLLM engine ready in {time.perf_counter() - t0:.1f} s", flush=True)
+    report(f"vLLM engine ready in {time.perf_counter() - t0:.1f} s")
     return llm
 
 

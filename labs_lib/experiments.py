@@ -33,7 +33,7 @@ from typing import Any
 
 from . import params
 from .engine import fork_context, fork_engines
-from .procs import ForkedProcess, ManagedProcess, ServerStartError
+from .procs import RELAY_ENV, ForkedProcess, ManagedProcess, ServerStartError, report
 from .records import run_dir
 
 WORKERS = ("vllm_sweep", "hf_static_batches", "quant_setting", "quant_hf", "tp_run", "spec_run")
@@ -45,6 +45,9 @@ class WorkerTimeout(ServerStartError):
 
 def run_isolated(name: str, *, timeout: float = 1800.0, retries: int = 0, **kwargs: Any) -> dict[str, Any]:
     """Run worker `name` with `kwargs` in a fresh process; return its JSON result.
+
+    While it runs, the worker's progress lines (`procs.report`: its engine's start, each sweep
+    point) are printed here as they come, so a long cell shows how far it got.
 
     A worker that runs past `timeout` seconds is stopped (with everything it started) and, up to
     `retries` times, started again: an engine that hangs while it starts is rare but real (seen
@@ -70,17 +73,24 @@ def _run_once(name: str, timeout: float, kwargs: dict[str, Any]) -> dict[str, An
     stem = f"{name}-{time.strftime('%H%M%S')}-{abs(hash(json.dumps(kwargs, sort_keys=True))) % 10**6}"
     args, result, log = logs / f"{stem}.args.json", logs / f"{stem}.result.json", logs / f"{stem}.log"
     args.write_text(json.dumps(kwargs))
+    env = {RELAY_ENV: "1"}  # its progress lines are tagged for p.relay() below
     if fork_engines():  # CPU tier: forked from a process that has imported vLLM (module docstring)
         proc = ForkedProcess(fork_context(), _worker_main, (name, str(args), str(result)), name=name,
-                             log_path=log)
+                             log_path=log, env=env)
     else:
         proc = ManagedProcess([sys.executable, "-m", "labs_lib.experiments", name, str(args), str(result)],
-                              name=name, log_path=log)
+                              name=name, log_path=log, env=env)
+    deadline = time.monotonic() + timeout
     with proc as p:
-        try:
-            code = p.wait(timeout=timeout)
-        except subprocess.TimeoutExpired as e:
-            raise WorkerTimeout(f"{name} did not finish in {timeout:g} s; log {p.log_path}") from e
+        while True:
+            try:
+                code = p.wait(timeout=max(0.0, min(1.0, deadline - time.monotonic())))
+                break
+            except subprocess.TimeoutExpired as e:
+                p.relay()
+                if time.monotonic() >= deadline:
+                    raise WorkerTimeout(f"{name} did not finish in {timeout:g} s; log {p.log_path}") from e
+        p.relay()
         if code != 0 or not result.exists():
             raise RuntimeError(f"{name} failed (exit {code}); log {p.log_path}, last lines:\n"
                                f"{p.log_text(3000)}")
@@ -151,8 +161,14 @@ def vllm_sweep(model: str, profile: dict[str, Any], workloads: dict[str, dict[st
                      SamplingParams(max_tokens=8, ignore_eos=True), use_tqdm=False)
         out: dict[str, Any] = {"startup_s": startup, "points": {}, "token_budget": token_budget(llm)}
         if batching:
+            t0 = time.perf_counter()
             out["batching"] = batching_pair(llm, vocab_size=vocab, **batching)
+            if progress:
+                b = out["batching"]
+                report(f"static vs continuous batching: {len(b.get('continuous_walls', []))} runs each "
+                       f"({time.perf_counter() - t0:.1f} s)")
         if calibrate and workloads:  # at a 16-token context (the overhead), then at the workload's (its KV reads)
+            t0 = time.perf_counter()
             plen = len(next(iter(workloads.values()))["prompts"][0])
             out["step_s"] = {str(b): decode_step(llm, b, calibrate_tokens, vocab, prompt_len=16)
                              for b in calibrate}
@@ -163,6 +179,9 @@ def vllm_sweep(model: str, profile: dict[str, Any], workloads: dict[str, dict[st
                        ["tokens"] for c, w in workloads.items())
             out["prefill_steps"] = prefill_steps(llm, plen, prefill_ladder(plen, need, budget, engine.get("max_num_seqs")),
                                                  vocab)
+            if progress:
+                report(f"calibrated: decode steps at batch {', '.join(map(str, calibrate))} and "
+                       f"{len(out['prefill_steps'])} prefill-only step sizes ({time.perf_counter() - t0:.1f} s)")
         order = sorted(workloads, key=int)
         if not order:
             return out
@@ -172,9 +191,9 @@ def vllm_sweep(model: str, profile: dict[str, Any], workloads: dict[str, dict[st
             out["points"][c] = capped_run(llm, w["prompts"], w["out_lens"], int(c))
             if progress:
                 p = out["points"][c]
-                print(f"[{i + 1}/{len(order)}] concurrency {c}: {p['window_tok_s']:,.0f} tok/s "
-                      f"{'steady' if p['window'] else 'over the whole run (no steady window: more requests per slot)'} "
-                      f"({len(w['prompts'])} requests, {time.perf_counter() - t0:.1f} s)", flush=True)
+                report(f"[{i + 1}/{len(order)}] concurrency {c}: {p['window_tok_s']:,.0f} tok/s "
+                       f"{'steady' if p['window'] else 'over the whole run (no steady window: more requests per slot)'} "
+                       f"({len(w['prompts'])} requests, {time.perf_counter() - t0:.1f} s)")
         w, top = workloads[order[-1]], int(order[-1])
         slots = engine.get("max_num_seqs") or top
         capped, aao = [out["points"][order[-1]]["window_tok_s"]], []
@@ -185,9 +204,9 @@ def vllm_sweep(model: str, profile: dict[str, Any], workloads: dict[str, dict[st
         out["all_at_once"] = max(aao, key=lambda a: a["window_tok_s"])
         out["peak_repeats"] = {"capped": capped, "all_at_once": [a["window_tok_s"] for a in aao]}
         if progress:
-            print(f"all {len(w['prompts'])} requests at once (max_num_seqs {slots}): "
-                  f"{', '.join(f'{t:,.0f}' for t in out['peak_repeats']['all_at_once'])} tok/s steady; "
-                  f"capped at {top} again: {', '.join(f'{t:,.0f}' for t in capped[1:])}", flush=True)
+            report(f"all {len(w['prompts'])} requests at once (max_num_seqs {slots}): "
+                   f"{', '.join(f'{t:,.0f}' for t in out['peak_repeats']['all_at_once'])} tok/s steady; "
+                   f"capped at {top} again: {', '.join(f'{t:,.0f}' for t in capped[1:])}")
     return out
 
 

@@ -20,7 +20,9 @@ error, `raise_if_exited(url)` turns the bare "Connection refused" into ServerExi
 exit code and the log's last lines (the client and load generator call it).
 
 Logs go to `<run folder>/logs/` unless `log_path` is given. `grace` defaults to
-$LABS_PROCS_GRACE or 20 seconds.
+$LABS_PROCS_GRACE or 20 seconds. A process started with `$LABS_RELAY` set (`RELAY_ENV`) tags
+its progress lines (`report`); `relay()` prints the new ones where its owner prints, so a
+notebook cell that waits on a worker shows how far it got.
 
 >>> import sys, tempfile, os
 >>> log = os.path.join(tempfile.mkdtemp(), "demo.log")
@@ -52,6 +54,19 @@ from urllib.parse import urlsplit
 _LIVE: weakref.WeakSet[ManagedProcess] = weakref.WeakSet()
 _COUNTER = itertools.count(1)
 _TAG = "[labs_lib.procs]"
+RELAY_ENV = "LABS_RELAY"  # set in a process whose owner relays its progress lines
+_RELAY_TAG = "[labs_lib.relay] "
+
+
+def report(msg: str) -> None:
+    """Print a progress line. In a process started with `RELAY_ENV` set, whose output goes to
+    a log file, the line is tagged so that its owner's `relay()` shows it; elsewhere it is a
+    plain print.
+
+    >>> report("point 1 of 3 done")
+    point 1 of 3 done
+    """
+    print(f"{_RELAY_TAG}{msg}" if os.environ.get(RELAY_ENV) else msg, flush=True)
 
 
 class ServerStartError(RuntimeError):
@@ -173,6 +188,7 @@ class ManagedProcess:
             os.close(status_w)
         self._status_r: int | None = status_r
         self.pgid = self.proc.pid  # session leader: its pid is the group id
+        self._relayed = 0  # bytes of the log that relay() has read
         _LIVE.add(self)
 
     # -- state
@@ -212,6 +228,27 @@ class ManagedProcess:
             self._log.flush()
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
         return text[-tail_chars:] if tail_chars else text
+
+    def relay(self, out: Any = None) -> int:
+        """Print (to `out`, default stdout) the progress lines (`report`) that reached the log
+        since the last call, without their tag; a line still being written waits for the next
+        call. Returns how many it printed."""
+        if self._log is not None and not self._log.closed:
+            self._log.flush()
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(self._relayed)
+                data = f.read()
+        except OSError:
+            return 0
+        end = data.rfind(b"\n") + 1
+        self._relayed += end
+        tag = _RELAY_TAG.encode()
+        lines = [ln[ln.index(tag) + len(tag):].decode(errors="replace")
+                 for ln in data[:end].splitlines() if tag in ln]
+        for ln in lines:
+            print(ln, file=out or sys.stdout, flush=True)
+        return len(lines)
 
     def check(self, doing: str = "") -> None:
         """Raise ServerExitedError if the command has exited (`doing` says what we were doing)."""
@@ -322,6 +359,7 @@ class ForkedProcess(ManagedProcess):
                                 name=name)
         self.proc.start()
         self.pgid = self.proc.pid  # it calls setsid() first: its pid is its group's id
+        self._relayed = 0
         _LIVE.add(self)
 
     def exit_code(self) -> int | None:

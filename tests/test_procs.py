@@ -286,3 +286,44 @@ def _fork_then_fail() -> None:
         os._exit(0)
     print("child started", flush=True)
     raise SystemExit(3)
+
+
+def _report_progress() -> None:
+    procs.report("point 1 of 2")
+    print("engine chatter", flush=True)
+    procs.report("point 2 of 2")
+
+
+_REPORT_CMD = [sys.executable, "-c", "from labs_lib.procs import report; report('point 1 of 2'); "
+               "print('engine chatter', flush=True); report('point 2 of 2')"]
+
+
+@pytest.mark.parametrize("kind", ["forked", "command"])
+def test_relay_prints_only_the_progress_lines_each_once(tmp_path, capsys, kind):
+    import multiprocessing
+
+    env = {procs.RELAY_ENV: "1"}
+    if kind == "forked":
+        p = procs.ForkedProcess(multiprocessing.get_context("fork"), _report_progress, log_path=tmp_path / "w.log",
+                                env=env)
+    else:
+        p = procs.ManagedProcess(_REPORT_CMD, log_path=tmp_path / "w.log", env=env)
+    with p:
+        assert p.wait(timeout=60) == 0
+        assert p.relay() == 2
+        assert p.relay() == 0  # nothing new
+    assert capsys.readouterr().out == "point 1 of 2\npoint 2 of 2\n"
+    assert "engine chatter" in p.log_text() and "[labs_lib.relay] point 1" in p.log_text()
+
+
+def test_relay_waits_for_a_line_to_be_finished(tmp_path, capsys):
+    p = procs.ManagedProcess([sys.executable, "-c", "print('x')"], log_path=tmp_path / "w.log")
+    p.wait(timeout=60)
+    p.stop()
+    with open(p.log_path, "ab") as f:
+        f.write(b"[labs_lib.relay] half")
+    assert p.relay() == 0
+    with open(p.log_path, "ab") as f:
+        f.write(b" done\n")
+    assert p.relay() == 1
+    assert capsys.readouterr().out == "half done\n"
