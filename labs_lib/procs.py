@@ -55,7 +55,7 @@ _LIVE: weakref.WeakSet[ManagedProcess] = weakref.WeakSet()
 _COUNTER = itertools.count(1)
 _TAG = "[labs_lib.procs]"
 RELAY_ENV = "LABS_RELAY"  # set in a process whose owner relays its progress lines
-_RELAY_TAG = "[labs_lib.relay] "
+RELAY_TAG = "[labs_lib.relay] "
 
 
 def report(msg: str) -> None:
@@ -66,7 +66,7 @@ def report(msg: str) -> None:
     >>> report("point 1 of 3 done")
     point 1 of 3 done
     """
-    print(f"{_RELAY_TAG}{msg}" if os.environ.get(RELAY_ENV) else msg, flush=True)
+    print(f"{RELAY_TAG}{msg}" if os.environ.get(RELAY_ENV) else msg, flush=True)
 
 
 class ServerStartError(RuntimeError):
@@ -243,7 +243,7 @@ class ManagedProcess:
             return 0
         end = data.rfind(b"\n") + 1
         self._relayed += end
-        tag = _RELAY_TAG.encode()
+        tag = RELAY_TAG.encode()
         lines = [ln[ln.index(tag) + len(tag):].decode(errors="replace")
                  for ln in data[:end].splitlines() if tag in ln]
         for ln in lines:

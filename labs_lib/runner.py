@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import nbparams
-from .procs import scoped_env
+from .procs import RELAY_TAG, scoped_env
 from .records import REPO_ROOT, BadRecordsWarning, load
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
@@ -176,6 +176,8 @@ def engine_starts(executed: Path, logs: Path, since: float) -> tuple[int, float]
     """(how many, seconds in all) vLLM engines and servers became ready: the "ready in X s" lines
     that `labs_lib.engine` prints, in the executed notebook's outputs and in the worker logs
     under `logs` written since `since` (a time.time()). A missing or unreadable file counts 0.
+    A log line tagged for relay (`procs.report` in a worker) was printed in the notebook too,
+    so it is counted there only, once.
 
     >>> import tempfile
     >>> d = Path(tempfile.mkdtemp())
@@ -193,7 +195,8 @@ def engine_starts(executed: Path, logs: Path, since: float) -> tuple[int, float]
     for log in sorted(logs.glob("*.log")) if logs.is_dir() else []:
         try:
             if log.stat().st_mtime >= since:
-                texts.append(log.read_text(errors="replace"))
+                texts.append("\n".join(line for line in log.read_text(errors="replace").splitlines()
+                                        if not line.startswith(RELAY_TAG)))
         except OSError:
             pass
     found = [float(m) for t in texts for m in _READY.findall(t)]

@@ -295,3 +295,20 @@ def test_engine_starts_reads_notebook_outputs_and_only_new_logs(tmp_path):
     old.write_text("vLLM engine ready in 1000 s\n")
     os.utime(old, (1, 1))  # written before this lab started: another lab's worker
     assert engine_starts(nb, logs, since=100) == (2, 45.5)  # the execute_result is not a print
+
+
+def test_engine_starts_counts_a_relayed_worker_line_once(tmp_path):
+    """A worker's progress line is in its log (tagged) and, relayed, in the notebook: one start."""
+    import json
+
+    from labs_lib.procs import RELAY_TAG
+    from labs_lib.runner import engine_starts
+
+    nb = tmp_path / "lab.ipynb"
+    nb.write_text(json.dumps({"cells": [{"cell_type": "code", "outputs": [
+        {"output_type": "stream", "name": "stdout", "text": ["vLLM engine ready in 55.1 s\n"]}]}]}))
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "worker.log").write_text(f"INFO loading\n{RELAY_TAG}vLLM engine ready in 55.1 s\n")
+    (logs / "other.log").write_text("vLLM engine ready in 3.0 s\n")  # a worker that was not relayed
+    assert engine_starts(nb, logs, since=0) == (2, 58.1)
