@@ -158,6 +158,8 @@ def _default_log(name: str) -> Path:
 class ManagedProcess:
     """A command run in its own process group, logged to a file, killed with its owner."""
 
+    _relayed = 0  # bytes of the log that relay() has read (per instance once it has read some)
+
     def __init__(self, cmd: Sequence[str], *, name: str = "proc", env: dict[str, str] | None = None,
                  log_path: str | os.PathLike | None = None, cwd: str | None = None,
                  unset: Sequence[str] = (), url: str | None = None, grace: float | None = None):
@@ -188,7 +190,6 @@ class ManagedProcess:
             os.close(status_w)
         self._status_r: int | None = status_r
         self.pgid = self.proc.pid  # session leader: its pid is the group id
-        self._relayed = 0  # bytes of the log that relay() has read
         _LIVE.add(self)
 
     # -- state
@@ -359,7 +360,6 @@ class ForkedProcess(ManagedProcess):
                                 name=name)
         self.proc.start()
         self.pgid = self.proc.pid  # it calls setsid() first: its pid is its group's id
-        self._relayed = 0
         _LIVE.add(self)
 
     def exit_code(self) -> int | None:
