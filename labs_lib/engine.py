@@ -103,16 +103,17 @@ def engine_kwargs(
     return {k: v for k, v in kw.items() if v is not None}
 
 
-SHARED_CONTEXT = 4096  # the GPU context length labs 01, 03 and 05 start their servers with
+SHARED_CONTEXT = 4096  # the GPU context length of labs 01, 03 and 05's servers and lab 04's engines
 
 
 def shared_max_model_len(spec: ModelSpec, prof: Profile, needed: int) -> int:
     """The `max_model_len` for a GPU engine whose requests need `needed` tokens of context, chosen
     so that the labs' engines of one model share vLLM's compile cache: vLLM 0.26 keys its
     torch.compile cache on `max_model_len` (with `max_num_batched_tokens`, the KV cache dtype and
-    the CUDA-graph sizes), not on `max_num_seqs`, prefix caching or the KV budget, so an engine
-    that asks for the labs' common `SHARED_CONTEXT` loads the graphs another lab compiled (a start
-    of about 10 s instead of 40-50 s on the H200) and measures the same kernels. A larger context
+    the CUDA-graph sizes, which follow `max_num_seqs` below 256), not on prefix caching or the KV
+    budget, so an engine that asks for the labs' common `SHARED_CONTEXT` loads the graphs another
+    lab compiled (its engine core ready in about 11 s instead of 40-50 s on the H200) and measures
+    the same kernels (`shared_engine_args` adds the step budget). A larger context
     costs nothing per token: the KV cache is paged. `needed` above it, or above the model's own
     positions, is returned as is (vLLM then says what is wrong); on a CPU (eager: nothing is
     compiled) `needed` too.
@@ -126,6 +127,31 @@ def shared_max_model_len(spec: ModelSpec, prof: Profile, needed: int) -> int:
     if not prof.gpu or needed >= SHARED_CONTEXT:
         return needed
     return min(SHARED_CONTEXT, max(needed, spec.max_model_len))
+
+
+SHARED_BATCHED_TOKENS = 2 * SHARED_CONTEXT  # their step budget: vLLM's server default on an H100 or H200
+
+
+def shared_engine_args(spec: ModelSpec, prof: Profile, needed: int) -> dict[str, int]:
+    """The `max_model_len` (`shared_max_model_len`) and, on a GPU where that is the labs' common
+    context, `max_num_batched_tokens` = `SHARED_BATCHED_TOKENS` for an engine whose requests need
+    `needed` tokens of context: what the labs' servers and offline engines pass so that they all
+    share one torch.compile cache. The step budget is part of vLLM's cache key, and vLLM picks
+    different defaults for its offline `LLM` (16,384 on an H100 or H200) and its server (8,192;
+    2,048 on smaller GPUs); an offline engine on the server's budget loads the graphs a server
+    compiled. On a CPU (nothing is compiled) only `max_model_len`, as `needed`.
+
+    >>> from labs_lib.models import resolve
+    >>> from labs_lib.tiers import CPU, for_gpu
+    >>> shared_engine_args(resolve("Llama-3.1-8B"), CPU, 704)
+    {'max_model_len': 704}
+    >>> shared_engine_args(resolve("Llama-3.1-8B"), for_gpu("NVIDIA H200", 150e9, (9, 0)), 704)
+    {'max_model_len': 4096, 'max_num_batched_tokens': 8192}
+    """
+    args = {"max_model_len": shared_max_model_len(spec, prof, needed)}
+    if prof.gpu and args["max_model_len"] <= SHARED_CONTEXT:
+        args["max_num_batched_tokens"] = SHARED_BATCHED_TOKENS
+    return args
 
 
 def vllm_build() -> str | None:

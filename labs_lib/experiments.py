@@ -134,9 +134,14 @@ def vllm_sweep(model: str, profile: dict[str, Any], workloads: dict[str, dict[st
     and its time for steps that only prefill,
     from one prompt of the workload's length up to the largest step that prefills in steady state
     at any point (`prefill_steps`: `prefill_steps` on the counts of `prefill_ladder`, the largest
-    step from `roofline.prefill_step_size`).
+    step from `roofline.prefill_step_size`); and, timed just before each point, the two step sizes
+    that bracket that point's own prefilling step (`points[C]["prefill_steps"]`, `point_ladder`):
+    the same process, the same minute, so whatever state the host is in meets both the point and
+    the steps that price it (two H200 runs of one point differed by 13 %, and isolated steps past
+    the largest CUDA graph ran at two speeds: results/gpu/h200/04_continuous_batching/NOTE.md).
 
-    `token_budget`: the engine's step token budget (`max_num_batched_tokens`), always.
+    `token_budget`: the engine's step token budget (`max_num_batched_tokens`), and `graph_max`:
+    its largest CUDA-graph size (`graph_max`, None without graphs), always.
 
     With `batching` = {"prompts", "out_lens", "batch", "static": bool, "repeats"?}, the same engine first runs
     `batching_pair` on that workload (`"batching"`): static vs continuous scheduling on the same
@@ -159,7 +164,8 @@ def vllm_sweep(model: str, profile: dict[str, Any], workloads: dict[str, dict[st
         vocab = spec.vocab_size
         llm.generate([{"prompt_token_ids": p} for p in warmup_prompts(warmup, 16, vocab_size=vocab)],
                      SamplingParams(max_tokens=8, ignore_eos=True), use_tqdm=False)
-        out: dict[str, Any] = {"startup_s": startup, "points": {}, "token_budget": token_budget(llm)}
+        out: dict[str, Any] = {"startup_s": startup, "points": {}, "token_budget": token_budget(llm),
+                               "graph_max": graph_max(llm)}
         if batching:
             t0 = time.perf_counter()
             out["batching"] = batching_pair(llm, vocab_size=vocab, **batching)
@@ -167,17 +173,21 @@ def vllm_sweep(model: str, profile: dict[str, Any], workloads: dict[str, dict[st
                 b = out["batching"]
                 report(f"static vs continuous batching: {len(b.get('continuous_walls', []))} runs each "
                        f"({time.perf_counter() - t0:.1f} s)")
+        budget, slots = out["token_budget"], engine.get("max_num_seqs")
+        plen = len(next(iter(workloads.values()))["prompts"][0]) if workloads else 0
+
+        def step_tokens(c: str) -> float:  # the tokens of point c's steady-state steps that prefill
+            return prefill_step_size(int(c), workloads[c]["out_lens"], plen,
+                                     budget if budget and budget > int(c) else None)["tokens"]
+
         if calibrate and workloads:  # at a 16-token context (the overhead), then at the workload's (its KV reads)
             t0 = time.perf_counter()
-            plen = len(next(iter(workloads.values()))["prompts"][0])
             out["step_s"] = {str(b): decode_step(llm, b, calibrate_tokens, vocab, prompt_len=16)
                              for b in calibrate}
             out["step_kv"] = {"batch": max(calibrate), "context": plen,
                               "seconds": decode_step(llm, max(calibrate), calibrate_tokens, vocab, prompt_len=plen)}
-            budget = out["token_budget"]
-            need = max(prefill_step_size(int(c), w["out_lens"], plen, budget if budget and budget > int(c) else None)
-                       ["tokens"] for c, w in workloads.items())
-            out["prefill_steps"] = prefill_steps(llm, plen, prefill_ladder(plen, need, budget, engine.get("max_num_seqs")),
+            need = max(step_tokens(c) for c in workloads)
+            out["prefill_steps"] = prefill_steps(llm, plen, prefill_ladder(plen, need, budget, slots, out["graph_max"]),
                                                  vocab)
             if progress:
                 report(f"calibrated: decode steps at batch {', '.join(map(str, calibrate))} and "
@@ -188,19 +198,22 @@ def vllm_sweep(model: str, profile: dict[str, Any], workloads: dict[str, dict[st
         for i, c in enumerate(order):
             w = workloads[c]
             t0 = time.perf_counter()
+            paired = (prefill_steps(llm, plen, point_ladder(step_tokens(c), plen, budget, slots, out["graph_max"]), vocab)
+                      if calibrate else None)  # this point's own step sizes, timed just before it runs
             out["points"][c] = capped_run(llm, w["prompts"], w["out_lens"], int(c))
+            if paired:
+                out["points"][c]["prefill_steps"] = paired
             if progress:
                 p = out["points"][c]
                 report(f"[{i + 1}/{len(order)}] concurrency {c}: {p['window_tok_s']:,.0f} tok/s "
                        f"{'steady' if p['window'] else 'over the whole run (no steady window: more requests per slot)'} "
                        f"({len(w['prompts'])} requests, {time.perf_counter() - t0:.1f} s)")
         w, top = workloads[order[-1]], int(order[-1])
-        slots = engine.get("max_num_seqs") or top
         capped, aao = [out["points"][order[-1]]["window_tok_s"]], []
         for r in range(peak_repeats):
             if r:  # the largest point again, between all-at-once runs: a slow stretch hits both
                 capped.append(capped_run(llm, w["prompts"], w["out_lens"], top)["window_tok_s"])
-            aao.append(capped_run(llm, w["prompts"], w["out_lens"], len(w["prompts"]), slots=slots))
+            aao.append(capped_run(llm, w["prompts"], w["out_lens"], len(w["prompts"]), slots=slots or top))
         out["all_at_once"] = max(aao, key=lambda a: a["window_tok_s"])
         out["peak_repeats"] = {"capped": capped, "all_at_once": [a["window_tok_s"] for a in aao]}
         if progress:
@@ -547,14 +560,34 @@ def token_budget(llm: Any) -> int | None:
     return int(budget) if budget else None
 
 
+def graph_max(llm: Any) -> int | None:
+    """The engine's largest CUDA-graph size in tokens (`cudagraph_capture_sizes`, as set or as
+    vLLM chose them from `max_num_seqs` and the step budget): a step of up to that many tokens
+    replays a captured graph, a larger one launches its kernels one by one. None for an engine
+    without graphs (`enforce_eager`, the CPU tier) or one that does not say."""
+    cfg = getattr(getattr(llm, "llm_engine", None), "vllm_config", None)
+    if cfg is None or getattr(getattr(cfg, "model_config", None), "enforce_eager", False):
+        return None
+    comp = getattr(cfg, "compilation_config", None)
+    mode = getattr(comp, "cudagraph_mode", None)
+    if mode is not None and getattr(mode, "name", str(mode)) == "NONE":
+        return None
+    sizes = getattr(comp, "cudagraph_capture_sizes", None) or []
+    return int(max(sizes)) if sizes else None
+
+
 def prefill_ladder(prompt_len: int, need_tokens: float, budget: int | None = None,
-                   max_seqs: int | None = None) -> list[int]:
+                   max_seqs: int | None = None, graphed_max: int | None = None) -> list[int]:
     """How many prompts of `prompt_len` tokens the steps of `prefill_steps` hold: 1, 2, 4, ...
     up to the first count whose tokens reach `need_tokens` (the largest step a model must price),
-    never more than fit the step's token budget or the engine's `max_num_seqs`.
+    never more than fit the step's token budget or the engine's `max_num_seqs`. With
+    `graphed_max` (the engine's largest CUDA-graph size, `graph_max`) and steps needed past it,
+    also the counts on each side of that boundary, where a step's time jumps.
 
     >>> prefill_ladder(256, 5104, budget=16384, max_seqs=1024)  # 16 x 256 = 4,096 < 5,104 <= 8,192
     [1, 2, 4, 8, 16, 32]
+    >>> prefill_ladder(256, 5104, budget=16384, max_seqs=1024, graphed_max=512)  # 768: the first ungraphed step
+    [1, 2, 3, 4, 8, 16, 32]
     >>> prefill_ladder(32, 10_000, budget=2048, max_seqs=48)  # capped: 48 prompts, 1,536 tokens
     [1, 2, 4, 8, 16, 32, 48]
     """
@@ -563,12 +596,49 @@ def prefill_ladder(prompt_len: int, need_tokens: float, budget: int | None = Non
         raise ValueError(f"a {plen}-token prompt does not fit the engine's step budget of {budget} tokens: its prefill "
                          "would take several steps, and a step that only prefills could not be timed; raise "
                          "max_num_batched_tokens to at least the prompt length")
-    top = max(1, min(budget // plen if budget else 1 << 30, max_seqs or 1 << 30))
+    top = _ladder_top(plen, budget, max_seqs)
     counts, k = [], 1
     while k < top and k * plen < need_tokens:
         counts.append(k)
         k *= 2
-    return counts + [min(k, top)]
+    counts.append(min(k, top))
+    if graphed_max and need_tokens > graphed_max:
+        edge = graphed_max // plen  # the most prompts a graphed step holds (0: none fits)
+        counts += [c for c in (edge, edge + 1) if 1 <= c <= top]
+    return sorted(set(counts))
+
+
+def _ladder_top(plen: int, budget: int | None, max_seqs: int | None) -> int:
+    return max(1, min(budget // plen if budget else 1 << 30, max_seqs or 1 << 30))
+
+
+def point_ladder(tokens: float, prompt_len: int, budget: int | None = None, max_seqs: int | None = None,
+                 graphed_max: int | None = None) -> list[int]:
+    """The prompt counts of the two prefill-only steps that bracket a step of `tokens` tokens
+    (what `prefill_steps` times beside one sweep point, for `roofline.prefill_step_seconds` to
+    read that point's step off): k and k + 1 prompts of `prompt_len`, k x prompt_len <= tokens,
+    both on the same side of `graphed_max` as `tokens` (past it, from the first ungraphed count
+    up; up to it, never past it), within the budget and `max_num_seqs` like `prefill_ladder`.
+
+    >>> point_ladder(351, 256, 16384, 1024, graphed_max=512), point_ladder(716, 256, 16384, 1024, graphed_max=512)
+    ([1, 2], [3, 4])
+    >>> point_ladder(5104, 256, 8192, 1024, graphed_max=512), point_ladder(256, 256, 256, 1)  # one prompt fits
+    ([19, 20], [1])
+    """
+    plen = params.positive_int("prompt_len", prompt_len)
+    params.positive_float("tokens", tokens)
+    top = _ladder_top(plen, budget, max_seqs)
+    lo_min, hi_max = 1, top
+    if graphed_max:
+        edge = graphed_max // plen
+        if tokens > graphed_max:
+            lo_min = edge + 1
+        elif edge >= 1:
+            hi_max = min(top, edge)
+    lo = max(lo_min, int(tokens // plen))
+    hi = min(lo + 1, hi_max)
+    lo = max(1, min(lo, hi - 1))
+    return sorted({c for c in (lo, hi) if 1 <= c <= top})
 
 
 def prefill_steps(llm: Any, prompt_len: int, counts: list[int], vocab_size: int,

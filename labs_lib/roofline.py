@@ -292,7 +292,7 @@ def prefill_step_size(concurrency: int, out_lens: Any, prompt_len: int,
     return {**share, "decoders": decoders, "tokens": tokens}
 
 
-def prefill_step_seconds(curve: dict[int, float], tokens: float) -> float:
+def prefill_step_seconds(curve: dict[int, float], tokens: float, graphed_max: int | None = None) -> float:
     """The time of an engine step of `tokens` tokens, from measured steps that did nothing but
     prefill (`curve`: tokens in the step -> seconds, e.g. `experiments.prefill_steps`): linear
     between the two measured sizes around `tokens`; below the smallest, the smallest's time (a step
@@ -300,14 +300,36 @@ def prefill_step_seconds(curve: dict[int, float], tokens: float) -> float:
     above the largest, extended along the last two points' slope (never falling: a noisy last
     point cannot make a bigger step cheaper); one measured size alone, in proportion to it.
 
+    `graphed_max`: the engine's largest CUDA-graph size (`experiments.graph_max`; None on an
+    engine without graphs). A step of up to that many tokens replays a graph, a larger one runs
+    its kernels one launch at a time, so the time jumps there: a step is read off the measured
+    sizes on its own side of the boundary only (below the smallest of them on the ungraphed side,
+    extended down along their slope, never under the largest graphed size's time), and off all
+    sizes where its side has none.
+
     >>> curve = {256: 0.013, 512: 0.015, 1024: 0.031}
     >>> [round(prefill_step_seconds(curve, t) * 1e3, 1) for t in (100, 256, 384, 1024, 1536)]
     [13.0, 13.0, 14.0, 31.0, 47.0]
+    >>> curve = {512: 0.014, 768: 0.024, 1024: 0.028}  # graphs up to 512 tokens: 716 is read off 768 and 1024
+    >>> round(prefill_step_seconds(curve, 716, graphed_max=512) * 1e3, 1), round(prefill_step_seconds(curve, 716) * 1e3, 1)
+    (23.2, 22.0)
     """
     if not curve:
         raise ValueError("prefill_step_seconds needs at least one measured step size")
     params.positive_float("tokens", tokens)
     pts = sorted((int(t), float(s)) for t, s in curve.items())
+    if graphed_max is not None:
+        graphed_max = params.positive_int("graphed_max", graphed_max)
+        below = [p for p in pts if p[0] <= graphed_max]
+        above = [p for p in pts if p[0] > graphed_max]
+        if tokens > graphed_max and above:
+            if tokens < above[0][0] and len(above) > 1:  # down along the ungraphed side's own slope
+                (t0, s0), (t1, s1) = above[0], above[1]
+                floor = below[-1][1] if below else 0.0
+                return max(floor, s0 - max(0.0, s1 - s0) * (t0 - tokens) / (t1 - t0))
+            pts = above
+        elif tokens <= graphed_max and below:
+            pts = below
     if tokens <= pts[0][0]:
         return pts[0][1]
     if len(pts) == 1:  # one measured size: in proportion to the tokens

@@ -105,6 +105,23 @@ def test_prefill_step_seconds_interpolates_floors_and_extends():
         roofline.prefill_step_seconds({}, 10)
 
 
+def test_prefill_step_seconds_reads_a_step_off_its_own_side_of_the_graph_boundary():
+    # graphs up to 512 tokens: 512 is fast (graphed), 768 and 1024 are not
+    curve = {"256": 0.012, "512": 0.014, "768": 0.024, "1024": 0.028}
+    assert roofline.prefill_step_seconds(curve, 640, graphed_max=512) == pytest.approx(0.022)  # down the 768-1024 slope
+    assert roofline.prefill_step_seconds(curve, 640) == pytest.approx(0.019)  # across the jump: too cheap
+    assert roofline.prefill_step_seconds(curve, 384, graphed_max=512) == pytest.approx(0.013)  # graphed side only
+    assert roofline.prefill_step_seconds(curve, 896, graphed_max=512) == pytest.approx(0.026)
+    # far below the ungraphed points, never under the largest graphed step
+    assert roofline.prefill_step_seconds({"512": 0.014, "768": 0.024, "1024": 0.044}, 520, graphed_max=512) \
+        == pytest.approx(0.014 + 0.0)  # 0.024 - 0.020 x 248/256 < 0.014: floored
+    # one side without points: all of them, as without a boundary
+    assert roofline.prefill_step_seconds({"256": 0.010, "512": 0.012}, 1024, graphed_max=512) == pytest.approx(0.016)
+    assert roofline.prefill_step_seconds({"768": 0.024}, 256, graphed_max=512) == pytest.approx(0.024)
+    with pytest.raises(ValueError, match="graphed_max must be"):
+        roofline.prefill_step_seconds(curve, 640, graphed_max=0)
+
+
 def test_steady_step_weights_the_two_kinds_of_step():
     r = roofline.steady_step_seconds({"prefill_share": 0.25}, decode_s=0.010, prefill_step_s=0.050)
     assert r == pytest.approx(0.25 * 0.050 + 0.75 * 0.010)
@@ -126,6 +143,35 @@ def test_prefill_ladder_stops_at_the_largest_step_needed():
     assert experiments.prefill_ladder(256, 257, budget=16384) == [1, 2]
     assert experiments.prefill_ladder(100, 1e9, budget=1000) == [1, 2, 4, 8, 10]  # the budget's 10 prompts
     assert experiments.prefill_ladder(100, 1e9, budget=1000, max_seqs=3) == [1, 2, 3]
+
+
+def test_prefill_ladder_adds_both_sides_of_the_graph_boundary_when_steps_pass_it():
+    assert experiments.prefill_ladder(256, 5104, budget=8192, max_seqs=1024, graphed_max=512) == [1, 2, 3, 4, 8, 16, 32]
+    assert experiments.prefill_ladder(256, 400, budget=8192, graphed_max=512) == [1, 2]  # no step past it: as before
+    assert experiments.prefill_ladder(100, 1e9, budget=1000, graphed_max=512) == [1, 2, 4, 5, 6, 8, 10]
+
+
+def test_point_ladder_brackets_a_step_on_its_side_of_the_boundary():
+    assert experiments.point_ladder(716, 256, 8192, 1024, graphed_max=512) == [3, 4]  # 768 and 1024: both ungraphed
+    assert experiments.point_ladder(716, 256, 8192, 1024) == [2, 3]  # no graphs: the two around it
+    assert experiments.point_ladder(500, 256, 8192, 1024, graphed_max=512) == [1, 2]  # 512 is still graphed
+    assert experiments.point_ladder(1297, 256, 8192, 1024, graphed_max=512) == [5, 6]
+    assert experiments.point_ladder(8000, 256, 8192, 1024, graphed_max=512) == [31, 32]  # the budget's 32 prompts
+    assert experiments.point_ladder(100, 256, 8192, 1) == [1]  # one slot: one prompt
+    with pytest.raises(ValueError, match="tokens must be"):
+        experiments.point_ladder(0, 256)
+
+
+def test_graph_max_reads_the_capture_sizes_and_none_without_graphs():
+    def llm(sizes, eager=False, mode="FULL_AND_PIECEWISE"):
+        comp = NS(cudagraph_capture_sizes=sizes, cudagraph_mode=NS(name=mode))
+        return NS(llm_engine=NS(vllm_config=NS(model_config=NS(enforce_eager=eager), compilation_config=comp)))
+
+    assert experiments.graph_max(llm([1, 2, 4, 8, 512, 496])) == 512
+    assert experiments.graph_max(llm([1, 2], eager=True)) is None
+    assert experiments.graph_max(llm([1, 2], mode="NONE")) is None
+    assert experiments.graph_max(llm([])) is None
+    assert experiments.graph_max(NS()) is None  # an engine that does not say
 
 
 class PrefillLLM:
