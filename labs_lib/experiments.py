@@ -217,9 +217,9 @@ def vllm_sweep(model: str, profile: dict[str, Any], workloads: dict[str, dict[st
         out["all_at_once"] = max(aao, key=lambda a: a["window_tok_s"])
         out["peak_repeats"] = {"capped": capped, "all_at_once": [a["window_tok_s"] for a in aao]}
         if progress:
-            report(f"all {len(w['prompts'])} requests at once (max_num_seqs {slots}): "
-                   f"{', '.join(f'{t:,.0f}' for t in out['peak_repeats']['all_at_once'])} tok/s steady; "
-                   f"capped at {top} again: {', '.join(f'{t:,.0f}' for t in capped[1:])}")
+            report(f"all {len(w['prompts'])} requests at once (max_num_seqs {slots or top}): "
+                   f"{', '.join(f'{t:,.0f}' for t in out['peak_repeats']['all_at_once'])} tok/s steady"
+                   + (f"; capped at {top} again: {', '.join(f'{t:,.0f}' for t in capped[1:])}" if capped[1:] else ""))
     return out
 
 

@@ -190,6 +190,17 @@ def test_shared_max_model_len_rounds_gpu_engines_up_to_the_common_context_within
     assert engine.shared_max_model_len(llama, CPU, 704) == 704
 
 
+def test_shared_engine_args_add_the_common_step_budget_only_with_the_common_context():
+    gpu = Profile("gpu", "cuda", "bfloat16", "NVIDIA H200", 150 * 10**9, (9, 0))
+    llama = models.resolve("Llama-3.1-8B")
+    assert engine.shared_engine_args(llama, gpu, 784) == {"max_model_len": engine.SHARED_CONTEXT,
+                                                          "max_num_batched_tokens": engine.SHARED_BATCHED_TOKENS}
+    assert engine.shared_engine_args(llama, gpu, 8256) == {"max_model_len": 8256}  # its own key anyway: vLLM's budget
+    short = dataclasses.replace(llama, config={**llama.config, "max_position_embeddings": 2048})
+    assert engine.shared_engine_args(short, gpu, 704)["max_num_batched_tokens"] == engine.SHARED_BATCHED_TOKENS
+    assert engine.shared_engine_args(llama, CPU, 784) == {"max_model_len": 784}  # eager: nothing to share
+
+
 # --- labs_lib.vllm_serve: the CPU server's engine core forked, not spawned ----------------------
 
 
