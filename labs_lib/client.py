@@ -146,6 +146,14 @@ def _chunk_tokens(choice: dict[str, Any]) -> tuple[int, str, bool]:
     return (1 if text else 0), text, False
 
 
+# Idle pooled connections are dropped after this long, before the server drops them: vLLM's server
+# (uvicorn) closes a keep-alive connection after VLLM_HTTP_TIMEOUT_KEEP_ALIVE = 5 s, httpx keeps
+# one for 5 s too, and a request sent on a connection the server is closing just then fails with
+# a ReadError (4 of 512 requests at concurrency 128 on the H200, after the level before had left
+# its connections idle: results/gpu/h200/01_serving_metrics/NOTE.md).
+KEEPALIVE_EXPIRY_S = 2.0
+
+
 class StreamingClient:
     """One httpx connection pool to an OpenAI-compatible server; times streamed requests."""
 
@@ -156,7 +164,7 @@ class StreamingClient:
         self._client = httpx.AsyncClient(
             base_url=self.base_url, timeout=httpx.Timeout(timeout, connect=30.0),
             limits=httpx.Limits(max_connections=max_connections,
-                                max_keepalive_connections=max_connections))
+                                max_keepalive_connections=max_connections, keepalive_expiry=KEEPALIVE_EXPIRY_S))
         self._next_id = 0
 
     async def __aenter__(self) -> StreamingClient:

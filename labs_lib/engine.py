@@ -290,6 +290,9 @@ def server_env(kw: dict[str, Any], prof: Profile) -> dict[str, str]:
     (True, '0')
     """
     env = _engine_env(kw, prof)
+    # idle client connections live 60 s (vLLM's default: 5 s, as long as an httpx client keeps
+    # them, so a request could meet a connection being closed; `client.KEEPALIVE_EXPIRY_S`)
+    env["VLLM_HTTP_TIMEOUT_KEEP_ALIVE"] = os.environ.get("VLLM_HTTP_TIMEOUT_KEEP_ALIVE", "60")
     if not prof.gpu:
         env["NUMBA_NUM_THREADS"] = env["OMP_NUM_THREADS"]
     return env

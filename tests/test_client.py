@@ -262,3 +262,47 @@ def test_sweep_rejects_nothing_to_do():
         loadgen.sweep("http://127.0.0.1:9", "mock", [])
     with pytest.raises(ValueError, match="concurrencies"):
         loadgen.concurrency_sweep("http://127.0.0.1:9", "mock", [0], lambda c: [])
+
+
+def test_idle_connections_are_dropped_before_a_server_would_close_them(monkeypatch):
+    """A request sent on a pooled connection that the server is closing gets a reset (vLLM's
+    server closes idle ones after 5 s): the client must drop an idle connection first, after
+    `KEEPALIVE_EXPIRY_S`, and reuse it before that."""
+    import asyncio
+    import json
+    import re
+
+    from labs_lib import client
+
+    monkeypatch.setattr(client, "KEEPALIVE_EXPIRY_S", 0.1)
+    conns = []
+
+    async def handle(reader, writer):  # HTTP/1.1 with keep-alive: one SSE token per request
+        conns.append(writer)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                await reader.readexactly(int(re.search(rb"content-length: (\d+)", head, re.I).group(1)))
+                body = (b"data: " + json.dumps({"choices": [{"text": "x", "token_ids": [1]}]}).encode()
+                        + b"\n\ndata: [DONE]\n\n")
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: %d\r\n\r\n"
+                             % len(body) + body)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    async def main():
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        async with client.StreamingClient(url, "m") as c:
+            first = await c.complete([1, 2], 1)
+            await asyncio.sleep(0.02)
+            again = await c.complete([1, 2], 1)  # idle for less than the expiry: the same connection
+            await asyncio.sleep(0.3)
+            later = await c.complete([1, 2], 1)  # idle past it: a new connection
+        server.close()
+        return first, again, later
+
+    results = asyncio.run(main())
+    assert all(r.ok for r in results), [r.error for r in results]
+    assert len(conns) == 2
