@@ -133,8 +133,8 @@ SHARED_BATCHED_TOKENS = 2 * SHARED_CONTEXT  # their step budget: vLLM's server d
 
 
 def shared_engine_args(spec: ModelSpec, prof: Profile, needed: int) -> dict[str, int]:
-    """The `max_model_len` (`shared_max_model_len`) and, on a GPU where that is the labs' common
-    context, `max_num_batched_tokens` = `SHARED_BATCHED_TOKENS` for an engine whose requests need
+    """The `max_model_len` (`shared_max_model_len`) and, on a GPU where that is at most the labs'
+    common context, `max_num_batched_tokens` = `SHARED_BATCHED_TOKENS` for an engine whose requests need
     `needed` tokens of context: what the labs' servers and offline engines pass so that they all
     share one torch.compile cache. The step budget is part of vLLM's cache key, and vLLM picks
     different defaults for its offline `LLM` (16,384 on an H100 or H200) and its server (8,192;

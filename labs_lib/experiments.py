@@ -237,8 +237,8 @@ def capped_run(llm: Any, prompts: list[list[int]], out_lens: list[int], concurre
     is shorter; the window's `opened_by` says which) to the
     moment no request is left waiting (the last submission, or for the engine's own queue the
     finish that admits its last request). Not from the first finish: every slot's first prompt
-    arrives at once, and prefilling that burst (C x prompt tokens, 16 steps of 16,384 tokens at
-    C=1024 with 256-token prompts) takes the engine's first steps while the shortest requests
+    arrives at once, and prefilling that burst (C x prompt tokens: at C=1024 with 256-token prompts,
+    16 steps of a 16,384-token budget) takes the engine's first steps while the shortest requests
     already finish; counting it put the steady throughput up to a fifth too low at C=1024 on an
     H200 (results/gpu/h200/04_continuous_batching/NOTE.md). The engine's own count of generated tokens
     (`vllm:generation_tokens`) over that window gives `window_tok_s`, and its step count
@@ -564,14 +564,15 @@ def graph_max(llm: Any) -> int | None:
     """The engine's largest CUDA-graph size in tokens (`cudagraph_capture_sizes`, as set or as
     vLLM chose them from `max_num_seqs` and the step budget): a step of up to that many tokens
     replays a captured graph, a larger one launches its kernels one by one. None for an engine
-    without graphs (`enforce_eager`, the CPU tier) or one that does not say."""
+    without graphs (`enforce_eager`, the CPU tier), one whose graphs serve decode-only steps alone
+    (`FULL_DECODE_ONLY`: a step that prefills never replays one), or one that does not say."""
     cfg = getattr(getattr(llm, "llm_engine", None), "vllm_config", None)
     if cfg is None or getattr(getattr(cfg, "model_config", None), "enforce_eager", False):
         return None
     comp = getattr(cfg, "compilation_config", None)
     mode = getattr(comp, "cudagraph_mode", None)
-    if mode is not None and getattr(mode, "name", str(mode)) == "NONE":
-        return None
+    if mode is not None and getattr(mode, "name", str(mode)) in ("NONE", "FULL_DECODE_ONLY"):
+        return None  # no graphs, or none for a step that prefills
     sizes = getattr(comp, "cudagraph_capture_sizes", None) or []
     return int(max(sizes)) if sizes else None
 
@@ -618,7 +619,8 @@ def point_ladder(tokens: float, prompt_len: int, budget: int | None = None, max_
     (what `prefill_steps` times beside one sweep point, for `roofline.prefill_step_seconds` to
     read that point's step off): k and k + 1 prompts of `prompt_len`, k x prompt_len <= tokens,
     both on the same side of `graphed_max` as `tokens` (past it, from the first ungraphed count
-    up; up to it, never past it), within the budget and `max_num_seqs` like `prefill_ladder`.
+    up; up to it, never past it), within the budget and `max_num_seqs` like `prefill_ladder` (where
+    those cap the count at or below the boundary, the largest counts allowed: then both are graphed).
 
     >>> point_ladder(351, 256, 16384, 1024, graphed_max=512), point_ladder(716, 256, 16384, 1024, graphed_max=512)
     ([1, 2], [3, 4])

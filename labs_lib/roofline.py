@@ -304,8 +304,8 @@ def prefill_step_seconds(curve: dict[int, float], tokens: float, graphed_max: in
     engine without graphs). A step of up to that many tokens replays a graph, a larger one runs
     its kernels one launch at a time, so the time jumps there: a step is read off the measured
     sizes on its own side of the boundary only (below the smallest of them on the ungraphed side,
-    extended down along their slope, never under the largest graphed size's time), and off all
-    sizes where its side has none.
+    extended down along their slope, never under the largest graphed size's time where `curve`
+    holds one), and off all sizes where its side has none.
 
     >>> curve = {256: 0.013, 512: 0.015, 1024: 0.031}
     >>> [round(prefill_step_seconds(curve, t) * 1e3, 1) for t in (100, 256, 384, 1024, 1536)]

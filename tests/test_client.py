@@ -274,7 +274,7 @@ def test_idle_connections_are_dropped_before_a_server_would_close_them(monkeypat
 
     from labs_lib import client
 
-    monkeypatch.setattr(client, "KEEPALIVE_EXPIRY_S", 0.1)
+    monkeypatch.setattr(client, "KEEPALIVE_EXPIRY_S", 0.5)
     conns = []
 
     async def handle(reader, writer):  # HTTP/1.1 with keep-alive: one SSE token per request
@@ -296,9 +296,9 @@ def test_idle_connections_are_dropped_before_a_server_would_close_them(monkeypat
         url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
         async with client.StreamingClient(url, "m") as c:
             first = await c.complete([1, 2], 1)
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.05)
             again = await c.complete([1, 2], 1)  # idle for less than the expiry: the same connection
-            await asyncio.sleep(0.3)
+            await asyncio.sleep(1.0)
             later = await c.complete([1, 2], 1)  # idle past it: a new connection
         server.close()
         return first, again, later

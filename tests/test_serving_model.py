@@ -170,6 +170,7 @@ def test_graph_max_reads_the_capture_sizes_and_none_without_graphs():
     assert experiments.graph_max(llm([1, 2, 4, 8, 512, 496])) == 512
     assert experiments.graph_max(llm([1, 2], eager=True)) is None
     assert experiments.graph_max(llm([1, 2], mode="NONE")) is None
+    assert experiments.graph_max(llm([1, 2], mode="FULL_DECODE_ONLY")) is None  # no graph for a prefilling step
     assert experiments.graph_max(llm([])) is None
     assert experiments.graph_max(NS()) is None  # an engine that does not say
 
