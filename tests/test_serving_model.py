@@ -305,6 +305,55 @@ def test_capped_run_without_a_steady_window_reports_the_whole_run():
     assert p["window"] is None and p["window_tok_s"] == pytest.approx(p["wall_tok_s"])
 
 
+class SweepLLM:
+    """An offline engine for `vllm_sweep`: `SlotEngine` schedules the capped runs, `generate` runs
+    the calibration steps on a clock of its own (2 ms + 10 us per prompt token to the first token,
+    1 ms per later token), with CUDA graphs up to 64 tokens and a 4,096-token step budget. `log`
+    holds, in order, each `generate` call's prompt tokens and each request a capped run adds."""
+
+    def __init__(self):
+        self.log, self.now = [], 0.0
+        self.llm_engine = eng = SlotEngine(admit=4)
+        eng.vllm_config = NS(scheduler_config=NS(max_num_seqs=8, max_num_batched_tokens=4096),
+                             model_config=NS(enforce_eager=False),
+                             compilation_config=NS(cudagraph_capture_sizes=[1, 2, 4, 8, 16, 32, 64],
+                                                   cudagraph_mode=NS(name="FULL_AND_PIECEWISE")))
+        add = eng.add_request
+        eng.add_request = lambda rid, prompt, sp: (self.log.append("add"), add(rid, prompt, sp))[1]
+        self.get_metrics = eng.llm().get_metrics
+
+    def generate(self, prompts, sp, use_tqdm=False):
+        self.log.append(sum(len(p["prompt_token_ids"]) for p in prompts))
+        start, first = self.now, self.now + 0.002 + 10e-6 * self.log[-1]
+        self.now = first + 0.001 * (sp.max_tokens - 1)
+        return [NS(metrics=NS(scheduled_ts=start, first_token_ts=first, last_token_ts=self.now)) for _ in prompts]
+
+
+def test_vllm_sweep_times_each_points_own_step_sizes_just_before_it(monkeypatch):
+    pytest.importorskip("vllm")
+    import contextlib
+
+    from labs_lib import engine
+    from labs_lib.tiers import CPU
+
+    llm = SweepLLM()
+    monkeypatch.setattr(engine, "offline_llm", lambda spec, prof, **kw: contextlib.nullcontext(llm))
+    loads = {str(c): {"prompts": [[1] * 32] * (4 * c), "out_lens": [2, 6] * (2 * c)} for c in (2, 8)}
+    out = experiments.vllm_sweep("tiny-llama", CPU.to_dict(), loads, engine={"max_num_seqs": 8},
+                                 calibrate=[1, 8], progress=False, peak_repeats=1)
+    assert out["graph_max"] == 64 and out["token_budget"] == 4096
+    # mean output 4: at C=8 a prefilling step holds 2.22 prompts beside 5.78 decoders, 76.8 tokens, past the
+    # 64-token graphs; at C=2, 1.14 prompts beside 0.86, 37.4 tokens, graphed
+    assert [int(t) for t in out["prefill_steps"]] == [32, 64, 96, 128]  # up to 76.8, and 2 | 3 prompts at the edge
+    expect = {"2": [32, 64], "8": [96, 128]}  # each on its own side of the graphs
+    starts = [i for i, x in enumerate(llm.log) if x == "add" and llm.log[i - 1] != "add"]  # each capped run's first
+    for c, first_add in zip(("2", "8"), starts, strict=False):
+        steps = out["points"][c]["prefill_steps"]
+        assert [int(t) for t in steps] == expect[c]
+        assert llm.log[first_add - 10:first_add] == [t for t in expect[c] for _ in range(5)]  # 5 each, then the point
+        assert all(m["seconds"] == pytest.approx(0.002 + 10e-6 * int(t)) for t, m in steps.items())
+
+
 def test_prefill_ladder_refuses_a_prompt_longer_than_the_budget():
     with pytest.raises(ValueError, match="does not fit the engine's step budget of 128 tokens"):
         experiments.prefill_ladder(256, 1000, budget=128)
