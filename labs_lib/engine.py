@@ -132,14 +132,15 @@ def shared_max_model_len(spec: ModelSpec, prof: Profile, needed: int) -> int:
 SHARED_BATCHED_TOKENS = 2 * SHARED_CONTEXT  # their step budget: vLLM's server default on an H100 or H200
 
 
-def shared_engine_args(spec: ModelSpec, prof: Profile, needed: int) -> dict[str, int]:
+def shared_engine_args(spec: ModelSpec, prof: Profile, needed: int, *, as_asked: bool = False) -> dict[str, int]:
     """The `max_model_len` (`shared_max_model_len`) and, on a GPU where that is at most the labs'
     common context, `max_num_batched_tokens` = `SHARED_BATCHED_TOKENS` for an engine whose requests need
     `needed` tokens of context: what the labs' servers and offline engines pass so that they all
     share one torch.compile cache. The step budget is part of vLLM's cache key, and vLLM picks
     different defaults for its offline `LLM` (16,384 on an H100 or H200) and its server (8,192;
     2,048 on smaller GPUs); an offline engine on the server's budget loads the graphs a server
-    compiled. On a CPU (nothing is compiled) only `max_model_len`, as `needed`.
+    compiled. On a CPU (nothing is compiled) only `max_model_len`, as `needed`. `as_asked`: the
+    context is `needed` itself (a lab whose user sets it and whose checks use it), never raised.
 
     >>> from labs_lib.models import resolve
     >>> from labs_lib.tiers import CPU, for_gpu
@@ -147,8 +148,11 @@ def shared_engine_args(spec: ModelSpec, prof: Profile, needed: int) -> dict[str,
     {'max_model_len': 704}
     >>> shared_engine_args(resolve("Llama-3.1-8B"), for_gpu("NVIDIA H200", 150e9, (9, 0)), 704)
     {'max_model_len': 4096, 'max_num_batched_tokens': 8192}
+    >>> shared_engine_args(resolve("Llama-3.1-8B"), for_gpu("NVIDIA H200", 150e9, (9, 0)), 2048, as_asked=True)
+    {'max_model_len': 2048, 'max_num_batched_tokens': 8192}
     """
-    args = {"max_model_len": shared_max_model_len(spec, prof, needed)}
+    ctx = params.positive_int("needed", needed) if as_asked else shared_max_model_len(spec, prof, needed)
+    args = {"max_model_len": ctx}
     if prof.gpu and args["max_model_len"] <= SHARED_CONTEXT:
         args["max_num_batched_tokens"] = SHARED_BATCHED_TOKENS
     return args
