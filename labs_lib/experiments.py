@@ -119,7 +119,8 @@ def _worker_main(worker: str, args_path: str, out_path: str) -> None:
 def vllm_sweep(model: str, profile: dict[str, Any], workloads: dict[str, dict[str, list]],
                engine: dict[str, Any], warmup: int = 8, calibrate: list[int] | None = None,
                calibrate_tokens: int = 32, progress: bool = True,
-               batching: dict[str, Any] | None = None, peak_repeats: int = 2) -> dict[str, Any]:
+               batching: dict[str, Any] | None = None, peak_repeats: int = 2,
+               repeat_under_s: float = 0.0) -> dict[str, Any]:
     """A concurrency sweep on ONE engine (started once with `max_num_seqs` = the largest point).
 
     `workloads` maps a concurrency C (as a string, JSON keys) to {"prompts", "out_lens"}: each is
@@ -130,18 +131,23 @@ def vllm_sweep(model: str, profile: dict[str, Any], workloads: dict[str, dict[st
     `"peak_repeats"` lists their steady tok/s and `"all_at_once"` is the fastest run. Other work
     on the machine only slows a run down, so the best of interleaved runs is what each side can do. With `calibrate`, the decode step time
     at those batch sizes with 16-token prompts (`step_s`: the per-step overhead a throughput model
-    needs) and at the largest with the workload's prompt length (`step_kv`: its KV read rate),
-    and its time for steps that only prefill,
+    needs), and its time for steps that only prefill,
     from one prompt of the workload's length up to the largest step that prefills in steady state
     at any point (`prefill_steps`: `prefill_steps` on the counts of `prefill_ladder`, the largest
     step from `roofline.prefill_step_size`); and, timed just before each point, the two step sizes
-    that bracket that point's own prefilling step (`points[C]["prefill_steps"]`, `point_ladder`):
-    the same process, the same minute, so whatever state the host is in meets both the point and
-    the steps that price it (two H200 runs of one point differed by 13 %, and isolated steps past
-    the largest CUDA graph ran at two speeds: results/gpu/h200/04_continuous_batching/NOTE.md).
+    that bracket that point's mean prefilling step (`points[C]["prefill_steps"]`, `point_ladder`):
+    more samples of the sizes that point runs, at other moments (isolated steps past the largest
+    CUDA graph ran at two speeds on an H200: results/gpu/h200/04_continuous_batching/NOTE.md);
+    `fastest_prefill_steps` pools them all.
 
     `token_budget`: the engine's step token budget (`max_num_batched_tokens`), and `graph_max`:
     its largest CUDA-graph size (`graph_max`, None without graphs), always.
+
+    `repeat_under_s`: each point below the largest whose run took less than that is run once
+    more after the sweep (largest first, with its steps timed again), and the faster of its two
+    runs counts (`points[C]["runs_tok_s"]` lists both): a slow stretch of a few seconds covers a
+    short point whole, while a long one averages over it (the largest point has its repeats in
+    `peak_repeats`).
 
     With `batching` = {"prompts", "out_lens", "batch", "static": bool, "repeats"?}, the same engine first runs
     `batching_pair` on that workload (`"batching"`): static vs continuous scheduling on the same
@@ -184,8 +190,6 @@ def vllm_sweep(model: str, profile: dict[str, Any], workloads: dict[str, dict[st
             t0 = time.perf_counter()
             out["step_s"] = {str(b): decode_step(llm, b, calibrate_tokens, vocab, prompt_len=16)
                              for b in calibrate}
-            out["step_kv"] = {"batch": max(calibrate), "context": plen,
-                              "seconds": decode_step(llm, max(calibrate), calibrate_tokens, vocab, prompt_len=plen)}
             need = max(step_tokens(c) for c in workloads)
             out["prefill_steps"] = prefill_steps(llm, plen, prefill_ladder(plen, need, budget, slots, out["graph_max"]),
                                                  vocab)
@@ -195,19 +199,32 @@ def vllm_sweep(model: str, profile: dict[str, Any], workloads: dict[str, dict[st
         order = sorted(workloads, key=int)
         if not order:
             return out
-        for i, c in enumerate(order):
+        def run_point(c: str) -> dict[str, Any]:
             w = workloads[c]
-            t0 = time.perf_counter()
             paired = (prefill_steps(llm, plen, point_ladder(step_tokens(c), plen, budget, slots, out["graph_max"]), vocab)
-                      if calibrate else None)  # this point's own step sizes, timed just before it runs
-            out["points"][c] = capped_run(llm, w["prompts"], w["out_lens"], int(c))
+                      if calibrate else None)  # more samples of this point's step sizes, timed just before it runs
+            p = capped_run(llm, w["prompts"], w["out_lens"], int(c))
             if paired:
-                out["points"][c]["prefill_steps"] = paired
+                p["prefill_steps"] = paired
+            return p
+
+        for i, c in enumerate(order):
+            t0 = time.perf_counter()
+            p = out["points"][c] = run_point(c)
+            p["runs_tok_s"], p["run_s"] = [p["window_tok_s"]], time.perf_counter() - t0
             if progress:
-                p = out["points"][c]
                 report(f"[{i + 1}/{len(order)}] concurrency {c}: {p['window_tok_s']:,.0f} tok/s "
                        f"{'steady' if p['window'] else 'over the whole run (no steady window: more requests per slot)'} "
-                       f"({len(w['prompts'])} requests, {time.perf_counter() - t0:.1f} s)")
+                       f"({len(workloads[c]['prompts'])} requests, {p['run_s']:.1f} s)")
+        for c in [c for c in reversed(order[:-1]) if out["points"][c]["run_s"] < repeat_under_s]:
+            first, again = out["points"][c], run_point(c)
+            runs = first["runs_tok_s"] + [again["window_tok_s"]]
+            steps = {t: {**m, "samples": m["samples"] + again.get("prefill_steps", {}).get(t, {}).get("samples", [])}
+                     for t, m in (first.get("prefill_steps") or {}).items()}
+            best = again if again["window_tok_s"] > first["window_tok_s"] else first
+            out["points"][c] = {**best, "runs_tok_s": runs, "run_s": first["run_s"], **({"prefill_steps": steps} if steps else {})}
+            if progress:
+                report(f"concurrency {c} again: {again['window_tok_s']:,.0f} tok/s (first run {first['window_tok_s']:,.0f})")
         w, top = workloads[order[-1]], int(order[-1])
         capped, aao = [out["points"][order[-1]]["window_tok_s"]], []
         for r in range(peak_repeats):
@@ -616,8 +633,8 @@ def _ladder_top(plen: int, budget: int | None, max_seqs: int | None) -> int:
 def point_ladder(tokens: float, prompt_len: int, budget: int | None = None, max_seqs: int | None = None,
                  graphed_max: int | None = None) -> list[int]:
     """The prompt counts of the two prefill-only steps that bracket a step of `tokens` tokens
-    (what `prefill_steps` times beside one sweep point, for `roofline.prefill_step_seconds` to
-    read that point's step off): k and k + 1 prompts of `prompt_len`, k x prompt_len <= tokens,
+    (what `prefill_steps` times beside one sweep point: more samples of the sizes that point runs,
+    which `fastest_prefill_steps` pools with the ladder's): k and k + 1 prompts of `prompt_len`, k x prompt_len <= tokens,
     both on the same side of `graphed_max` as `tokens` (past it, from the first ungraphed count
     up; up to it, never past it), within the budget and `max_num_seqs` like `prefill_ladder` (where
     those cap the count at or below the boundary, the largest counts allowed: then both are graphed).
@@ -674,6 +691,25 @@ def prefill_steps(llm: Any, prompt_len: int, counts: list[int], vocab_size: int,
         out[str(k * prompt_len)] = {"prompts": k, "seconds": float(min(spans)), "samples": spans,
                                     "spread": float(max(spans) / min(spans) - 1) if min(spans) > 0 else None}
     return out
+
+
+def fastest_prefill_steps(sweep: dict[str, Any]) -> dict[str, float]:
+    """Step tokens -> the fastest time any sample of that size took, pooled over a `vllm_sweep`
+    result's ladder (`prefill_steps`) and the steps timed beside each of its points
+    (`points[C]["prefill_steps"]`): what `roofline.prefill_step_seconds` reads a step off. Other
+    work only adds time to a step, so the more samples of a size, the nearer the fastest comes
+    to the step's own cost; pairing each point with its own steps did not track the point (on an
+    H200 a point's steps ran near 26 ms while every 768-token step timed beside it took 34.5-36.1).
+
+    >>> fastest_prefill_steps({"prefill_steps": {"256": {"samples": [0.013, 0.011]}},
+    ...                        "points": {"8": {"prefill_steps": {"256": {"samples": [0.012]}, "512": {"samples": [0.02]}}}}})
+    {'256': 0.011, '512': 0.02}
+    """
+    pooled: dict[str, list[float]] = {}
+    for ladder in [sweep.get("prefill_steps") or {}] + [p.get("prefill_steps") or {} for p in sweep.get("points", {}).values()]:
+        for t, m in ladder.items():
+            pooled.setdefault(str(t), []).extend(m.get("samples") or [m["seconds"]])
+    return {t: float(min(v)) for t, v in sorted(pooled.items(), key=lambda kv: int(kv[0]))}
 
 
 def hf_static_batches(model: str, profile: dict[str, Any], prompts: list[list[int]],

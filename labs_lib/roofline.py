@@ -16,6 +16,7 @@ the weights (read once per step, however many tokens the step holds) plus the KV
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from . import params
@@ -209,7 +210,9 @@ def serving_step(cfg: dict[str, Any], concurrency: int, prompt_len: int, out_len
     and `prompts_per_prefill_step` new prompts: `prefill_step_size`). The two kinds of step run
     differently (a decode-only step reads the weights and the KV cache for a few rows; a step that
     prefills runs its matmuls on hundreds or thousands of rows, on a GPU outside the full CUDA
-    graph): `steady_step_seconds` prices each kind and weights them by the share.
+    graph): `steady_step_seconds` prices each kind and weights them by the share. `prefill_mix`
+    (`prefill_step_mix`) is the same steps as a distribution: how many prompts a step that
+    prefills holds, with what chance, for a price that is not linear in the step's tokens.
 
     >>> from labs_lib.models import load_config
     >>> s = serving_step(load_config("Llama-3.1-8B"), 8, prompt_len=256, out_lens=[32, 96])
@@ -226,7 +229,8 @@ def serving_step(cfg: dict[str, Any], concurrency: int, prompt_len: int, out_len
     return {**decode_step(cfg, concurrency, max(1, round(context)), dtype), "context": context,
             "prompts_per_step": size["prompts_per_step"], "prefill_share": size["share"],
             "prompts_per_prefill_step": size["prompts_per_prefill_step"],
-            "prefill_step_tokens": size["tokens"], "prefill_step_decoders": size["decoders"]}
+            "prefill_step_tokens": size["tokens"], "prefill_step_decoders": size["decoders"],
+            "prefill_mix": prefill_step_mix(concurrency, lens, prompt_len, max_num_batched_tokens)}
 
 
 def prefill_share(concurrency: int, out_lens: Any, prompt_len: int,
@@ -292,6 +296,50 @@ def prefill_step_size(concurrency: int, out_lens: Any, prompt_len: int,
     return {**share, "decoders": decoders, "tokens": tokens}
 
 
+def prefill_step_mix(concurrency: int, out_lens: Any, prompt_len: int,
+                     max_num_batched_tokens: int | None = None, tail: float = 1e-6) -> list[dict[str, float]]:
+    """The steady-state steps that prefill as a distribution, not their mean (`prefill_step_size`):
+    each entry a step that holds `prompts` = k new prompts beside `decoders` = concurrency - k
+    decoding sequences, `tokens` = decoders + k x `prompt_len` in all (at most the step's token
+    budget), with `chance` = P(k | the step prefills). Slots turn over independently, each with
+    chance q = 1 / mean output per step (`prefill_share`), so k is binomial(concurrency, q) given
+    k >= 1; chances below `tail` are dropped and the rest renormalized. Why a distribution: a
+    step's time is not linear in its tokens. On a GPU a step of up to the largest CUDA graph
+    replays it and one token more runs without, so at 32 sequences and 256-token prompts the mean
+    step (1.27 prompts, 356 tokens: graphed) hides the fifth of the steps that take two or more
+    prompts (542 tokens and up: ungraphed, about twice the time). Where the token budget binds
+    (`prefill_share` is set by it: every step that prefills is full), one entry: the mean step.
+
+    >>> mix = prefill_step_mix(2, [4, 4], prompt_len=16)  # q = 1/4: P(1) = 6/16, P(2) = 1/16, given >= 1: 6/7, 1/7
+    >>> [(m["prompts"], round(m["chance"], 4), m["tokens"]) for m in mix]
+    [(1, 0.8571, 17.0), (2, 0.1429, 32.0)]
+    >>> mix = prefill_step_mix(32, [64], prompt_len=256)
+    >>> round(sum(m["chance"] for m in mix), 6), round(sum(m["chance"] * m["prompts"] for m in mix), 4)  # mean k = (32/64) / (1 - (63/64)^32)
+    (1.0, 1.2631)
+    >>> prefill_step_mix(4, [8, 8], prompt_len=100, max_num_batched_tokens=104)  # the budget binds: full steps
+    [{'prompts': 1.0, 'chance': 1.0, 'decoders': 3.0, 'tokens': 103.0}]
+    """
+    c = params.positive_int("concurrency", concurrency)
+    plen = params.positive_int("prompt_len", prompt_len)
+    size = prefill_step_size(c, out_lens, plen, max_num_batched_tokens)
+    lens = [int(n) for n in out_lens]
+    q = len(lens) / sum(lens)
+    if q >= 1.0 or size["share"] > 1.0 - (1.0 - q) ** c + 1e-12:  # every slot turns over, or the budget binds
+        return [{"prompts": size["prompts_per_prefill_step"], "chance": 1.0, "decoders": size["decoders"],
+                 "tokens": size["tokens"]}]
+    logs = [math.lgamma(c + 1) - math.lgamma(k + 1) - math.lgamma(c - k + 1) + k * math.log(q) + (c - k) * math.log1p(-q)
+            for k in range(c + 1)]
+    prefills = 1.0 - math.exp(logs[0])
+    cap = float(max_num_batched_tokens) if max_num_batched_tokens is not None else math.inf
+    mix = [{"prompts": k, "chance": math.exp(logs[k]) / prefills, "decoders": float(c - k),
+            "tokens": min(cap, float(c - k + k * plen))} for k in range(1, c + 1)]
+    mix = [m for m in mix if m["chance"] >= tail]
+    total = sum(m["chance"] for m in mix)
+    for m in mix:
+        m["chance"] /= total
+    return mix
+
+
 def prefill_step_seconds(curve: dict[int, float], tokens: float, graphed_max: int | None = None) -> float:
     """The time of an engine step of `tokens` tokens, from measured steps that did nothing but
     prefill (`curve`: tokens in the step -> seconds, e.g. `experiments.prefill_steps`): linear
@@ -307,12 +355,20 @@ def prefill_step_seconds(curve: dict[int, float], tokens: float, graphed_max: in
     extended down along their slope, never under the largest graphed size's time where `curve`
     holds one), and off all sizes where its side has none.
 
+    The measured times are first made non-decreasing in the tokens, each size at most what any
+    larger size on its side took: a step with fewer tokens does no more work, so a smaller size
+    that measured slower (on an H200, 768-token steps at 29.3 ms and 1,024-token ones at 26.4)
+    caught the host at a slow moment in every sample.
+
     >>> curve = {256: 0.013, 512: 0.015, 1024: 0.031}
     >>> [round(prefill_step_seconds(curve, t) * 1e3, 1) for t in (100, 256, 384, 1024, 1536)]
     [13.0, 13.0, 14.0, 31.0, 47.0]
     >>> curve = {512: 0.014, 768: 0.024, 1024: 0.028}  # graphs up to 512 tokens: 716 is read off 768 and 1024
     >>> round(prefill_step_seconds(curve, 716, graphed_max=512) * 1e3, 1), round(prefill_step_seconds(curve, 716) * 1e3, 1)
     (23.2, 22.0)
+    >>> curve = {512: 0.0141, 768: 0.0293, 1024: 0.0264, 2048: 0.0505}  # 768 measured slower than 1024
+    >>> [round(prefill_step_seconds(curve, t, graphed_max=512) * 1e3, 1) for t in (542, 768, 900)]
+    [26.4, 26.4, 26.4]
     """
     if not curve:
         raise ValueError("prefill_step_seconds needs at least one measured step size")
@@ -320,8 +376,8 @@ def prefill_step_seconds(curve: dict[int, float], tokens: float, graphed_max: in
     pts = sorted((int(t), float(s)) for t, s in curve.items())
     if graphed_max is not None:
         graphed_max = params.positive_int("graphed_max", graphed_max)
-        below = [p for p in pts if p[0] <= graphed_max]
-        above = [p for p in pts if p[0] > graphed_max]
+        below = _non_decreasing([p for p in pts if p[0] <= graphed_max])
+        above = _non_decreasing([p for p in pts if p[0] > graphed_max])
         if tokens > graphed_max and above:
             if tokens < above[0][0] and len(above) > 1:  # down along the ungraphed side's own slope
                 (t0, s0), (t1, s1) = above[0], above[1]
@@ -330,6 +386,10 @@ def prefill_step_seconds(curve: dict[int, float], tokens: float, graphed_max: in
             pts = above
         elif tokens <= graphed_max and below:
             pts = below
+        else:
+            pts = _non_decreasing(pts)
+    else:
+        pts = _non_decreasing(pts)
     if tokens <= pts[0][0]:
         return pts[0][1]
     if len(pts) == 1:  # one measured size: in proportion to the tokens
@@ -339,6 +399,15 @@ def prefill_step_seconds(curve: dict[int, float], tokens: float, graphed_max: in
     if tokens > t1:
         return s1 + max(0.0, s1 - s0) * (tokens - t1) / (t1 - t0)
     return s0 + (s1 - s0) * (tokens - t0) / (t1 - t0)
+
+
+def _non_decreasing(pts: list[tuple[int, float]]) -> list[tuple[int, float]]:
+    """Sorted (tokens, seconds) with each time lowered to the least time of any larger size."""
+    out, least = [], math.inf
+    for t, s in reversed(pts):
+        least = min(least, s)
+        out.append((t, least))
+    return out[::-1]
 
 
 def steady_step_seconds(step: dict[str, float], decode_s: float, prefill_step_s: float) -> float:

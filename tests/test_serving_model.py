@@ -388,3 +388,60 @@ def test_batching_pair_interleaves_repeats_and_keeps_the_median_run(monkeypatch)
     assert out["continuous"]["wall_s"] == 2.0 and "static" not in out  # of two, the faster
     with pytest.raises(ValueError, match="repeats"):
         experiments.batching_pair(None, [[1] * 4], [2], batch=1, vocab_size=10, static=False, repeats=0)
+
+
+def test_vllm_sweep_runs_short_points_again_after_the_sweep_and_keeps_the_faster(monkeypatch):
+    """`repeat_under_s`: points below the largest that ran shorter get a second run after the
+    whole sweep, largest first; the faster run counts and both are listed, and the steps timed
+    before each run are pooled."""
+    pytest.importorskip("vllm")
+    import contextlib
+
+    from labs_lib import engine
+    from labs_lib.tiers import CPU
+
+    llm = SweepLLM()
+    monkeypatch.setattr(engine, "offline_llm", lambda spec, prof, **kw: contextlib.nullcontext(llm))
+    speeds, calls = iter([100.0, 120.0, 300.0, 150.0, 90.0, 310.0]), []
+
+    def capped_run(llm_, prompts, out_lens, concurrency, slots=None):
+        calls.append(concurrency)
+        return {"window_tok_s": next(speeds), "window": None, "requests": [], "wall_tok_s": 1.0}
+
+    monkeypatch.setattr(experiments, "capped_run", capped_run)
+    loads = {str(c): {"prompts": [[1] * 32] * (4 * c), "out_lens": [2, 6] * (2 * c)} for c in (1, 2, 8)}
+    out = experiments.vllm_sweep("tiny-llama", CPU.to_dict(), loads, engine={"max_num_seqs": 8}, calibrate=[1, 8],
+                                 progress=False, peak_repeats=1, repeat_under_s=1e9)
+    assert calls == [1, 2, 8, 2, 1, 32]  # the sweep, then 2 and 1 again (largest first), then all 32 at once
+    assert out["points"]["1"]["runs_tok_s"] == [100.0, 90.0] and out["points"]["1"]["window_tok_s"] == 100.0
+    assert out["points"]["2"]["runs_tok_s"] == [120.0, 150.0] and out["points"]["2"]["window_tok_s"] == 150.0
+    assert out["points"]["8"]["runs_tok_s"] == [300.0]  # the largest: its repeats are the peak's
+    assert all(len(m["samples"]) == 10 for m in out["points"]["2"]["prefill_steps"].values())  # 5 before each run
+    assert set(out["step_s"]) == {"1", "8"}
+
+
+def test_prefill_step_mix_is_binomial_given_a_prefill_and_matches_the_mean_step():
+    lens = [8, 120] * 20  # mean output 64
+    mix = roofline.prefill_step_mix(32, lens, prompt_len=256)
+    size = roofline.prefill_step_size(32, lens, prompt_len=256)
+    assert sum(m["chance"] for m in mix) == pytest.approx(1.0)
+    assert sum(m["chance"] * m["prompts"] for m in mix) == pytest.approx(size["prompts_per_prefill_step"], rel=1e-4)
+    assert sum(m["chance"] * m["tokens"] for m in mix) == pytest.approx(size["tokens"], rel=1e-4)
+    q = 1 / 64  # P(1) / P(2) of a binomial(32, q): 2 (1 - q) / (31 q)
+    assert mix[0]["chance"] / mix[1]["chance"] == pytest.approx(2 * (1 - q) / (31 * q))
+    assert [m["tokens"] for m in mix[:2]] == [31 + 256, 30 + 512]
+
+
+def test_prefill_step_mix_caps_a_step_at_the_budget_and_falls_back_to_full_steps_where_it_binds():
+    mix = roofline.prefill_step_mix(8, [4, 4], prompt_len=100, max_num_batched_tokens=400)
+    assert max(m["tokens"] for m in mix) == 400.0 and min(m["tokens"] for m in mix) == 107.0
+    full = roofline.prefill_step_mix(512, [64], prompt_len=256, max_num_batched_tokens=2048)  # 8 prompts a step > budget
+    assert len(full) == 1 and full[0]["chance"] == 1.0 and full[0]["tokens"] == 2048.0
+
+
+def test_prefill_step_seconds_never_prices_a_step_above_a_larger_one_on_its_side():
+    curve = {256: 0.0109, 512: 0.0141, 768: 0.0293, 1024: 0.0264, 2048: 0.0505}  # an H200 ladder: 768 caught slow
+    assert roofline.prefill_step_seconds(curve, 768, graphed_max=512) == pytest.approx(0.0264)
+    assert roofline.prefill_step_seconds(curve, 600, graphed_max=512) == pytest.approx(0.0264)
+    assert roofline.prefill_step_seconds(curve, 512, graphed_max=512) == pytest.approx(0.0141)  # the graphed side alone
+    assert roofline.prefill_step_seconds({256: 0.03, 512: 0.02, 1024: 0.04}, 256) == pytest.approx(0.02)
