@@ -246,7 +246,8 @@ def prefill_share(concurrency: int, out_lens: Any, prompt_len: int,
     is left) spreads prompts that need more room over more steps: then at least
     prompts_per_step x prompt_len / (budget - concurrency) of the steps prefill. `share` is the
     larger of the two, at most 1; `prompts_per_prefill_step` = prompts_per_step / share (the
-    size of the wave a prefilling step holds on average).
+    size of the wave a prefilling step holds on average); `budget_binds` is True where the budget
+    set the share (every step that prefills is then full).
 
     >>> s = prefill_share(2, [4, 4], prompt_len=16)  # q = 1/4: 1 - (3/4)^2 = 7/16 of the steps
     >>> s["prompts_per_step"], s["share"], round(s["prompts_per_prefill_step"], 4)  # 0.5 / (7/16)
@@ -268,8 +269,10 @@ def prefill_share(concurrency: int, out_lens: Any, prompt_len: int,
             raise ValueError(f"max_num_batched_tokens={budget} leaves no room for prompt tokens beside "
                              f"{c} decode tokens per step: it must exceed the concurrency")
         share = max(share, per_step * plen / (budget - c))
+    binds = share > 1.0 - (1.0 - q) ** c
     share = min(1.0, share)
-    return {"prompts_per_step": per_step, "share": share, "prompts_per_prefill_step": per_step / share}
+    return {"prompts_per_step": per_step, "share": share, "prompts_per_prefill_step": per_step / share,
+            "budget_binds": binds}
 
 
 def prefill_step_size(concurrency: int, out_lens: Any, prompt_len: int,
@@ -322,9 +325,8 @@ def prefill_step_mix(concurrency: int, out_lens: Any, prompt_len: int,
     c = params.positive_int("concurrency", concurrency)
     plen = params.positive_int("prompt_len", prompt_len)
     size = prefill_step_size(c, out_lens, plen, max_num_batched_tokens)
-    lens = [int(n) for n in out_lens]
-    q = len(lens) / sum(lens)
-    if q >= 1.0 or size["share"] > 1.0 - (1.0 - q) ** c + 1e-12:  # every slot turns over, or the budget binds
+    q = size["prompts_per_step"] / c
+    if q >= 1.0 or size["budget_binds"]:  # every slot turns over, or the budget binds
         return [{"prompts": size["prompts_per_prefill_step"], "chance": 1.0, "decoders": size["decoders"],
                  "tokens": size["tokens"]}]
     logs = [math.lgamma(c + 1) - math.lgamma(k + 1) - math.lgamma(c - k + 1) + k * math.log(q) + (c - k) * math.log1p(-q)
@@ -386,10 +388,7 @@ def prefill_step_seconds(curve: dict[int, float], tokens: float, graphed_max: in
             pts = above
         elif tokens <= graphed_max and below:
             pts = below
-        else:
-            pts = _non_decreasing(pts)
-    else:
-        pts = _non_decreasing(pts)
+    pts = _non_decreasing(pts)
     if tokens <= pts[0][0]:
         return pts[0][1]
     if len(pts) == 1:  # one measured size: in proportion to the tokens
