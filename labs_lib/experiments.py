@@ -262,7 +262,8 @@ def capped_run(llm: Any, prompts: list[list[int]], out_lens: list[int], concurre
     (`engine_steps`, None where not reported) the window's `steps`: seconds / steps is the mean
     step, tokens / steps the mean number of sequences that decoded in a step (C only if every
     slot decoded in every step). No window (None: a run too short for the burst to end before
-    the last submission) leaves `window_tok_s` at the whole run's rate. `wall_tok_s` counts the
+    the last submission) leaves `window_tok_s` at the whole run's rate; the window's `finished`
+    counts the requests that finished in it (`turnover_lag`). `wall_tok_s` counts the
     whole run, ramp-up and drain included. Each request's TTFT counts from its submission.
     """
     from vllm import SamplingParams
@@ -275,7 +276,7 @@ def capped_run(llm: Any, prompts: list[list[int]], out_lens: list[int], concurre
     ids: dict[str, int] = {}
     rows: list[dict[str, Any] | None] = [None] * n
     submitted = [0.0] * n
-    marks: list[tuple[float, int | None, int | None]] = []  # (time, tokens generated, engine steps)
+    marks: list[tuple[float, int | None, int | None, int]] = []  # (time, tokens generated, engine steps, finished)
 
     def submit(i: int) -> None:
         sp = SamplingParams(max_tokens=out_lens[i], ignore_eos=True, temperature=0.0,
@@ -286,7 +287,7 @@ def capped_run(llm: Any, prompts: list[list[int]], out_lens: list[int], concurre
         ids[rid] = ids[rid_engine or rid] = i  # outputs carry ours (vLLM 0.32) or the engine's id
 
     def mark() -> None:
-        marks.append((time.perf_counter(), engine_counter(llm, "vllm:generation_tokens"), engine_steps(llm)))
+        marks.append((time.perf_counter(), engine_counter(llm, "vllm:generation_tokens"), engine_steps(llm), finished))
 
     def burst_prefilled() -> str | None:  # which rule opens the window now, if any
         nonlocal prompt0
@@ -326,7 +327,7 @@ def capped_run(llm: Any, prompts: list[list[int]], out_lens: list[int], concurre
     window = None
     if len(marks) == 2 and marks[1][0] > marks[0][0] and None not in (marks[0][1], marks[1][1]):
         window = {"seconds": marks[1][0] - marks[0][0], "tokens": marks[1][1] - marks[0][1],
-                  "steps": _delta(marks[0][2], marks[1][2]), "opened_by": rule}
+                  "steps": _delta(marks[0][2], marks[1][2]), "finished": marks[1][3] - marks[0][3], "opened_by": rule}
     return {"concurrency": concurrency, "running": running, "wall_s": wall, "requests": done,
             "output_tokens": tokens, "wall_tok_s": tokens / wall, "window": window,
             "window_tok_s": window["tokens"] / window["seconds"] if window else tokens / wall,
@@ -446,6 +447,26 @@ def window_step(point: dict[str, Any]) -> dict[str, float | None]:
     if not w.get("steps"):
         return {"step_s": None, "tokens_per_step": None}
     return {"step_s": w["seconds"] / w["steps"], "tokens_per_step": w["tokens"] / w["steps"]}
+
+
+def turnover_lag(run: dict[str, Any]) -> float | None:
+    """Empty slot-steps per finished request in a `capped_run`'s steady window, from the engine's
+    own counts: (slots x steps - tokens generated) / requests finished. A request is submitted
+    when the client sees another finish, and the engine does not take it into the step it is
+    already running, so a freed slot sits empty for a step or two however fast the host is (on an
+    H200, 2.0-2.7 steps at every concurrency from 8 to 1,024, counting finishes as tokens / mean
+    output). A model of a closed loop prices it with `roofline.closed_loop_tokens_per_step`. None where the window, its step count or its
+    finishes are missing. With one slot the wait is idle time, not empty steps: 0 here.
+
+    >>> turnover_lag({"running": 32, "window": {"steps": 72, "tokens": 2230, "finished": 34}})  # (2304 - 2230) / 34
+    2.176470588235294
+    >>> turnover_lag({"running": 8, "window": None}) is None
+    True
+    """
+    w = run.get("window") or {}
+    if not w.get("steps") or not w.get("finished") or w.get("tokens") is None:
+        return None
+    return max(0.0, (run["running"] * w["steps"] - w["tokens"]) / w["finished"])
 
 
 SPEC_COUNTERS = ("num_drafts", "num_draft_tokens", "num_accepted_tokens")

@@ -409,6 +409,30 @@ def _non_decreasing(pts: list[tuple[int, float]]) -> list[tuple[int, float]]:
     return out[::-1]
 
 
+def closed_loop_tokens_per_step(concurrency: int, out_lens: Any, lag_steps: float) -> float:
+    """Tokens a steady-state step generates when `concurrency` clients each submit their next
+    request as soon as their last one finishes: a request of n output tokens holds its slot for
+    n steps that decode plus `lag_steps` in which the slot is empty (`experiments.turnover_lag`:
+    the client learns of the finish, the engine takes the new request into a later step), so
+    concurrency x mean(n) / (mean(n) + lag) of the slots decode in a step. Throughput = this /
+    the mean step (`steady_step_seconds`).
+
+    >>> closed_loop_tokens_per_step(128, [64, 68], lag_steps=2.0)  # 128 x 66 / 68
+    124.23529411764706
+    >>> closed_loop_tokens_per_step(8, [10], lag_steps=0.0)
+    8.0
+    """
+    c = params.positive_int("concurrency", concurrency)
+    lens = [params.positive_int("out_lens item", n) for n in out_lens]
+    if not lens:
+        raise ValueError("out_lens must hold at least one output length")
+    lag = float(lag_steps)
+    if not lag >= 0.0:
+        raise ValueError(f"lag_steps must be >= 0, got {lag_steps!r}")
+    mean = sum(lens) / len(lens)
+    return c * mean / (mean + lag)
+
+
 def steady_step_seconds(step: dict[str, float], decode_s: float, prefill_step_s: float) -> float:
     """A steady-state step's mean time in seconds: the share of steps that prefill (`step["prefill_share"]`,
     from `serving_step`) at `prefill_step_s` (e.g. `prefill_step_seconds` at the step's tokens,

@@ -226,24 +226,25 @@ class SlotEngine:
     tokens, prompt tokens and steps like vLLM's metrics, and logs both token counts after each
     finish (`finish_log[i]`: after the step that finished the (i+1)-th request)."""
 
-    def __init__(self, admit=2):
-        self.admit, self.waiting, self.running = admit, [], {}
+    def __init__(self, admit=2, delay=0):
+        self.admit, self.delay, self.waiting, self.running = admit, delay, [], {}
         self.tokens = self.prompt_tokens = self.steps = 0
         self.finish_log = []
         self.vllm_config = NS(scheduler_config=NS(max_num_seqs=1024, max_num_batched_tokens=1 << 20))
 
     def add_request(self, rid, prompt, sp):
-        self.waiting.append((rid, len(prompt["prompt_token_ids"]), sp.max_tokens))
+        self.waiting.append((rid, len(prompt["prompt_token_ids"]), sp.max_tokens, self.steps))
 
     def has_unfinished_requests(self):
         return bool(self.waiting or self.running)
 
     def step(self):
         self.steps += 1
-        for rid, plen, n in self.waiting[:self.admit]:
+        ready = [w for w in self.waiting if w[3] <= self.steps - 1 - self.delay][:self.admit]  # `delay` steps late
+        for rid, plen, n, _ in ready:
             self.running[rid] = {"left": n, "n": 0}
             self.prompt_tokens += plen
-        del self.waiting[:self.admit]
+        self.waiting = [w for w in self.waiting if w not in ready]
         done = []
         for rid, r in list(self.running.items()):
             r["left"], r["n"] = r["left"] - 1, r["n"] + 1
@@ -279,6 +280,29 @@ def test_capped_run_window_opens_once_the_first_prompts_are_prefilled():
     eng.__init__(admit=2)
     p = experiments.capped_run(eng.llm(), [[1] * 16] * 4, [3, 2, 4, 2], 1)
     assert p["window"]["tokens"] == eng.finish_log[2][0] - eng.finish_log[0][0]
+
+
+@pytest.mark.parametrize("delay", [0, 1, 3])
+def test_turnover_lag_counts_the_steps_a_freed_slot_waits(delay):
+    pytest.importorskip("vllm")
+    # an engine that takes a request into the step `delay` steps after the one it arrived during:
+    # every finish leaves its slot empty for exactly `delay` steps (the window's edges shift it
+    # by at most one finish's worth)
+    eng = SlotEngine(admit=100, delay=delay)
+    p = experiments.capped_run(eng.llm(), [[1] * 16] * 96, [2, 5, 7, 11] * 24, 8)
+    w = p["window"]
+    assert w["finished"] >= 40
+    assert experiments.turnover_lag(p) == pytest.approx(delay, abs=(delay + 1) / w["finished"])
+
+
+def test_turnover_lag_is_none_without_a_window_and_tokens_per_step_rejects_bad_lags():
+    assert experiments.turnover_lag({"running": 8, "window": None}) is None
+    assert experiments.turnover_lag({"running": 8, "window": {"steps": 10, "tokens": 80, "finished": 0}}) is None
+    assert roofline.closed_loop_tokens_per_step(64, [30, 34], 0.0) == 64
+    assert roofline.closed_loop_tokens_per_step(64, [30, 34], 2.0) == pytest.approx(64 * 32 / 34)
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match="lag_steps"):
+            roofline.closed_loop_tokens_per_step(8, [10], bad)
 
 
 def test_capped_run_window_without_a_prompt_counter_waits_one_turnover():
