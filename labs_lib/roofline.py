@@ -413,12 +413,17 @@ def closed_loop_tokens_per_step(concurrency: int, out_lens: Any, lag_steps: floa
     """Tokens a steady-state step generates when `concurrency` clients each submit their next
     request as soon as their last one finishes: a request of n output tokens holds its slot for
     n steps that decode plus `lag_steps` in which the slot is empty (`experiments.turnover_lag`:
-    the client learns of the finish, the engine takes the new request into a later step), so
-    concurrency x mean(n) / (mean(n) + lag) of the slots decode in a step. Throughput = this /
-    the mean step (`steady_step_seconds`).
+    the client learns of the finish, the engine takes the new request into a later step), so a
+    slot decodes in a fraction p = mean(n) / (mean(n) + lag) of the steps. The engine steps
+    only while at least one slot is busy (with every slot empty it waits, and no step is
+    counted), so a step holds concurrency x p / (1 - (1 - p) ** concurrency) tokens: one for a
+    lone client, whatever the lag; about concurrency x p once a few slots share the engine.
+    Throughput = this / the mean step (`steady_step_seconds`).
 
     >>> closed_loop_tokens_per_step(128, [64, 68], lag_steps=2.0)  # 128 x 66 / 68
     124.23529411764706
+    >>> closed_loop_tokens_per_step(1, [20], lag_steps=5.0)  # a lone client's gaps are not steps
+    1.0
     >>> closed_loop_tokens_per_step(8, [10], lag_steps=0.0)
     8.0
     """
@@ -430,7 +435,8 @@ def closed_loop_tokens_per_step(concurrency: int, out_lens: Any, lag_steps: floa
     if not lag >= 0.0:
         raise ValueError(f"lag_steps must be >= 0, got {lag_steps!r}")
     mean = sum(lens) / len(lens)
-    return c * mean / (mean + lag)
+    busy = mean / (mean + lag)
+    return c * busy / (1.0 - (1.0 - busy) ** c)
 
 
 def steady_step_seconds(step: dict[str, float], decode_s: float, prefill_step_s: float) -> float:

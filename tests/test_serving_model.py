@@ -223,28 +223,30 @@ def test_prefill_steps_keeps_the_fastest_sample_and_reports_the_spread():
 class SlotEngine:
     """Continuous batching, scripted: each step prefills at most `admit` waiting requests (FCFS;
     each gets its first token) and gives every other running request a token. Counts generated
-    tokens, prompt tokens and steps like vLLM's metrics, and logs both token counts after each
-    finish (`finish_log[i]`: after the step that finished the (i+1)-th request)."""
+    tokens, prompt tokens and steps like vLLM's metrics (a step with nothing to run is not one:
+    the clock moves, the step counter does not), and logs both token counts after each finish
+    (`finish_log[i]`: after the step that finished the (i+1)-th request)."""
 
     def __init__(self, admit=2, delay=0):
         self.admit, self.delay, self.waiting, self.running = admit, delay, [], {}
-        self.tokens = self.prompt_tokens = self.steps = 0
+        self.tokens = self.prompt_tokens = self.steps = self.clock = 0
         self.finish_log = []
         self.vllm_config = NS(scheduler_config=NS(max_num_seqs=1024, max_num_batched_tokens=1 << 20))
 
     def add_request(self, rid, prompt, sp):
-        self.waiting.append((rid, len(prompt["prompt_token_ids"]), sp.max_tokens, self.steps))
+        self.waiting.append((rid, len(prompt["prompt_token_ids"]), sp.max_tokens, self.clock))
 
     def has_unfinished_requests(self):
         return bool(self.waiting or self.running)
 
     def step(self):
-        self.steps += 1
-        ready = [w for w in self.waiting if w[3] <= self.steps - 1 - self.delay][:self.admit]  # `delay` steps late
+        self.clock += 1
+        ready = [w for w in self.waiting if w[3] <= self.clock - 1 - self.delay][:self.admit]  # `delay` steps late
         for rid, plen, n, _ in ready:
             self.running[rid] = {"left": n, "n": 0}
             self.prompt_tokens += plen
         self.waiting = [w for w in self.waiting if w not in ready]
+        self.steps += bool(self.running)
         done = []
         for rid, r in list(self.running.items()):
             r["left"], r["n"] = r["left"] - 1, r["n"] + 1
@@ -293,6 +295,25 @@ def test_turnover_lag_counts_the_steps_a_freed_slot_waits(delay):
     w = p["window"]
     assert w["finished"] >= 40
     assert experiments.turnover_lag(p) == pytest.approx(delay, abs=(delay + 1) / w["finished"])
+
+
+def test_closed_loop_tokens_per_step_matches_a_lagging_engine():
+    pytest.importorskip("vllm")
+    # the lab's way: the lag measured with 8 clients prices every concurrency. A lone client's
+    # empty slot leaves the engine idle (no step counted): one token per step, whatever the lag;
+    # with more clients the steps go on, and the empty slot-steps are what the model prices
+    lens = [6, 9, 12, 15] * 30
+
+    def run(slots):
+        eng = SlotEngine(admit=100, delay=2)
+        return experiments.capped_run(eng.llm(), [[1] * 16] * len(lens), lens, slots)
+
+    lag = experiments.turnover_lag(run(8))
+    assert lag == pytest.approx(2.0, abs=0.2)
+    for slots in (1, 2, 4, 8):
+        w = run(slots)["window"]
+        model = roofline.closed_loop_tokens_per_step(slots, lens, lag)
+        assert w["tokens"] / w["steps"] == pytest.approx(model, rel=0.05), slots
 
 
 def test_turnover_lag_is_none_without_a_window_and_tokens_per_step_rejects_bad_lags():
