@@ -453,10 +453,10 @@ def turnover_lag(run: dict[str, Any]) -> float | None:
     """Empty slot-steps per finished request in a `capped_run`'s steady window, from the engine's
     own counts: (slots x steps - tokens generated) / requests finished. A request is submitted
     when the client sees another finish, and the engine does not take it into the step it is
-    already running, so a freed slot sits empty for a step or two however fast the host is (on an
-    H200, 2.0-2.7 steps at every concurrency from 8 to 1,024, counting finishes as tokens / mean
-    output). A model of a closed loop prices it with `roofline.closed_loop_tokens_per_step`. None where the window, its step count or its
-    finishes are missing. With one slot the wait is idle time, not empty steps: 0 here.
+    already running, so a freed slot sits empty for a step or two however fast the host is.
+    `roofline.closed_loop_tokens_per_step` prices a closed loop with it. None where the window,
+    its step count or its finishes are missing. With one slot the wait is idle time, not empty
+    steps: 0 here.
 
     >>> turnover_lag({"running": 32, "window": {"steps": 72, "tokens": 2230, "finished": 34}})  # (2304 - 2230) / 34
     2.176470588235294
