@@ -590,6 +590,54 @@ def decode_step(llm: Any, batch: int, tokens: int, vocab_size: int, repeats: int
     return float(sorted(steps)[len(steps) // 2])
 
 
+def async_scheduling(llm: Any) -> bool:
+    """Whether the engine schedules (and prepares) step N + 1 while step N runs on the device
+    (vLLM's async scheduling, on by default on a GPU in recent versions): then a step's host work
+    hides under the device's work and the step takes the longer of the two. False where the
+    engine does not say."""
+    cfg = getattr(getattr(getattr(llm, "llm_engine", None), "vllm_config", None), "scheduler_config", None)
+    return bool(getattr(cfg, "async_scheduling", False))
+
+
+def one_layer_overrides(cfg: dict[str, Any]) -> dict[str, Any]:
+    """vLLM `hf_overrides` that cut a model's config to one decoder layer (inside `text_config`
+    for a multimodal config): the engine, vocabulary and attention shape stay, the model's work
+    shrinks to one layer and the lm_head.
+
+    >>> one_layer_overrides({"num_hidden_layers": 24})
+    {'num_hidden_layers': 1}
+    >>> one_layer_overrides({"text_config": {"num_hidden_layers": 40}})
+    {'text_config': {'num_hidden_layers': 1}}
+    """
+    if "num_hidden_layers" not in cfg and "num_hidden_layers" in (cfg.get("text_config") or {}):
+        return {"text_config": {"num_hidden_layers": 1}}
+    if "num_hidden_layers" not in cfg:
+        raise ValueError("the config names no num_hidden_layers (nor text_config.num_hidden_layers): "
+                         "cannot cut it to one layer")
+    return {"num_hidden_layers": 1}
+
+
+def host_step_probe(spec: Any, prof: Any, batches: list[int], *, tokens: int, repeats: int = 3,
+                    prompt_len: int = 16, **engine_args: Any) -> dict[int, float]:
+    """The engine's own cost per decode step at each batch size: `spec` cut to one decoder
+    layer (`one_layer_overrides`) with random weights (`load_format="dummy"`), the same
+    vocabulary, dtype and engine settings (`engine_args`, as the measured engine got them).
+    Its step is the host's work (scheduling, input preparation, the graph launch, sampling and
+    output bookkeeping for each running sequence) plus one layer and the lm_head on the device,
+    so it measures what a step costs with almost no model to run. Median step seconds per batch
+    (`decode_step`), after one warm-up generate at the largest batch (its first steps pick
+    kernels). Starts and shuts down its own engine: stop the measured engine first on a GPU."""
+    from .engine import offline_llm
+
+    batches = params.positive_ints("batches", list(batches))
+    params.int_in_range("tokens", tokens, 2)
+    args = {**engine_args, "load_format": "dummy",
+            "hf_overrides": one_layer_overrides(spec.config)}
+    with offline_llm(spec, prof, **args) as llm:
+        decode_step(llm, max(batches), tokens, spec.vocab_size, repeats=1, prompt_len=prompt_len)
+        return {b: decode_step(llm, b, tokens, spec.vocab_size, repeats, prompt_len) for b in batches}
+
+
 def token_budget(llm: Any) -> int | None:
     """The engine's step token budget (`max_num_batched_tokens`, as set or as vLLM defaulted it);
     None where the engine does not say."""

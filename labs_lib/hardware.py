@@ -342,6 +342,7 @@ def measure_decode_layers(
     batches: Sequence[int], shapes: Sequence[tuple[int, int]], device: str, dtype: str = "bf16", *,
     layers: int = 1, head: tuple[int, int] | None = None,
     max_weight_bytes: float | None = None, warmup: int = 3, repeats: int = 15,
+    graphs: bool | None = None,
 ) -> dict[int, dict[str, float]]:
     """The weight matmuls of a decode step at batch B, at the model's own layer shapes.
 
@@ -357,8 +358,15 @@ def measure_decode_layers(
     layout of nn.Linear and vLLM's layers. Warm-up reason: the first call of each shape picks
     its kernel. Repeats run interleaved over batch sizes (see `_interleaved`).
 
-    Returns, per B: seconds, weight_bytes, flops (2 B k n summed), their rates, `copies` (the
-    layer copies timed) and n (samples per pass).
+    `graphs` (default: on CUDA) captures each pass in a CUDA graph and times its replay, as
+    vLLM runs a decode step: one launch for the whole pass. Eager, each matmul is its own launch
+    from Python (several microseconds of host time), and for a narrow model (a 0.5B model's
+    matmuls read 1-17 MB, a few microseconds of HBM time each) the pass then measures the host's
+    launch rate, not the GPU. On a CPU there is no launch to hide and no graph.
+
+    Returns, per B: seconds, weight_bytes, flops (2 B k n summed), their rates, `head_seconds`
+    (the lm_head's share of `seconds`; 0 without `head`), `layers`, `copies` (the layer copies timed),
+    `graphs` (whether replays were timed) and n (samples per pass).
     """
     import torch
     import torch.nn.functional as F
@@ -385,19 +393,43 @@ def measure_decode_layers(
         for w in ws:
             F.linear(x[w.shape[1]], w)
 
+    graphs = dev.startswith("cuda") if graphs is None else bool(graphs)
+    if graphs and not dev.startswith("cuda"):
+        raise ValueError(f"graphs=True needs a CUDA device, got {device!r}")
     passes = {(b, part): (lambda ws=ws, x=x: run(ws, x)) for b, x in xs.items()
               for part, ws in (("layers", body), ("head", lm)) if ws}
+    if graphs:
+        passes = {key: _cuda_graph(fn) for key, fn in passes.items()}
     stats = _interleaved(passes, dev, warmup, repeats)
     elems = layer_elems * layers + sum(k * n for k, n in head_shape)
     out = {}
     for b in xs:
-        secs = stats[(b, "layers")].p50 * layers / copies + (stats[(b, "head")].p50 if lm else 0.0)
+        head_s = stats[(b, "head")].p50 if lm else 0.0
+        secs = stats[(b, "layers")].p50 * layers / copies + head_s
         out[b] = {"seconds": secs, "weight_bytes": float(elems * elt), "flops": 2.0 * b * elems,
                   "weight_bytes_per_s": elems * elt / secs, "flops_per_s": 2.0 * b * elems / secs,
-                  "copies": copies, "n": stats[(b, "layers")].n}
-    xs, body, lm = {}, [], []
+                  "head_seconds": head_s, "layers": layers, "copies": copies, "graphs": graphs,
+                  "n": stats[(b, "layers")].n}
+    xs, body, lm, passes = {}, [], [], {}
     _release(dev)
     return out
+
+
+def _cuda_graph(fn: Callable[[], Any]) -> Callable[[], Any]:
+    """`fn` captured once in a CUDA graph; returns its replay. Warmed up on a side stream first,
+    as PyTorch's capture requires (the first calls pick kernels and allocate workspaces)."""
+    import torch
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
 
 
 def fp8_matmul_slowdown(tokens: int = 16, k: int = 576, n: int = 1536, *, repeats: int = 3) -> dict[str, Any]:

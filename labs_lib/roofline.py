@@ -130,7 +130,7 @@ def fit_overhead(points: dict[int, tuple[float, float]]) -> tuple[float, float]:
 
 def predict_step(step: dict[str, float], *, weight_seconds: float, bandwidth: float,
                  flops_per_s: float, linear_flops: float, overhead: float = 0.0,
-                 kv_bandwidth: float | None = None) -> dict[str, Any]:
+                 kv_bandwidth: float | None = None, overlap: bool = False) -> dict[str, Any]:
     """A step's time from measured ceilings: the weights' matmuls at their measured decode-shape
     speed (`weight_seconds`: `decode_gemm` (`hardware.measure_decode_layers`) scaled to the model's weight bytes),
     the KV cache read at the copy bandwidth (or at `kv_bandwidth`: the rate measured for the
@@ -138,18 +138,33 @@ def predict_step(step: dict[str, float], *, weight_seconds: float, bandwidth: fl
     matmuls' `linear_flops`) at the matmul ceiling, and the per-step `overhead`. `bound_by`: the
     largest of bandwidth (weights + KV bytes / bandwidth), compute (FLOPs / ceiling) and overhead.
 
+    `overlap`: the host's work (`overhead`) runs while the device runs the step before (vLLM's
+    async scheduling on a GPU), so the step takes max(host, device) instead of their sum, and
+    is overhead-bound where the host's work is the longer (`device_s`: the device's part).
+
     >>> step = {"bytes": 17e9, "flops": 1.7e12, "weight_bytes": 16e9, "kv_bytes": 1e9}
     >>> r = predict_step(step, weight_seconds=0.008, bandwidth=2e12, flops_per_s=800e12,
     ...                  linear_flops=1.6e12, overhead=0.001)
     >>> round(r["seconds"] * 1e3, 2), r["bound_by"]
     (9.63, 'bandwidth')
+    >>> r = predict_step(step, weight_seconds=0.008, bandwidth=2e12, flops_per_s=800e12,
+    ...                  linear_flops=1.6e12, overhead=0.010, overlap=True)  # the host's 10 ms hide the device's work
+    >>> round(r["seconds"] * 1e3, 3), round(r["device_s"] * 1e3, 3), r["bound_by"]  # 8 + 0.5 KV + 0.125 attention
+    (10.0, 8.625, 'overhead')
     """
     kv_s = step["kv_bytes"] / (kv_bandwidth or bandwidth)
     attn_s = max(0.0, step["flops"] - linear_flops) / flops_per_s
+    device_s = weight_seconds + kv_s + attn_s
     terms = {"bandwidth": step["bytes"] / bandwidth, "compute": step["flops"] / flops_per_s,
              "overhead": overhead}
+    bound_by = max(terms, key=terms.get)
+    if overlap and overhead >= device_s:
+        bound_by = "overhead"
+    elif overlap:
+        bound_by = max(("bandwidth", "compute"), key=terms.get)
     return {"weights_s": weight_seconds, "kv_s": kv_s, "attention_s": attn_s, "overhead_s": overhead,
-            "seconds": weight_seconds + kv_s + attn_s + overhead, "bound_by": max(terms, key=terms.get)}
+            "device_s": device_s, "seconds": max(device_s, overhead) if overlap else device_s + overhead,
+            "bound_by": bound_by}
 
 
 def decode_layer_shapes(cfg: dict[str, Any]) -> list[tuple[str, int, int]]:
@@ -194,6 +209,25 @@ def weight_seconds(gemm_point: dict[str, float], weight_bytes: float) -> float:
     0.008
     """
     return gemm_point["seconds"] / gemm_point["weight_bytes"] * weight_bytes
+
+
+def host_seconds(probe_step: float, gemm_point: dict[str, float], overlap: bool) -> float:
+    """The host's part of a decode step, from the step of the same engine on a one-layer copy
+    of the model (`experiments.host_step_probe`) at the same batch size. With `overlap` (async
+    scheduling: the step is max(host, device)) the probe's whole step: its device part (one
+    layer and the lm_head) is the smaller unless the device is slow, and then the full model's
+    device part is longer still, so max(host, device) comes out the same. Without, the probe's
+    step minus its device part: one layer's matmuls and the lm_head at `gemm_point`'s measured
+    speed (`decode_gemm`, same batch size; its `layers` = the model's).
+
+    >>> g = {"seconds": 0.0026, "head_seconds": 0.0002, "layers": 24}  # 24 x 0.1 ms + a 0.2 ms head
+    >>> host_seconds(0.0020, g, overlap=True), round(host_seconds(0.0020, g, overlap=False) * 1e3, 3)
+    (0.002, 1.7)
+    """
+    if overlap:
+        return probe_step
+    layer_s = (gemm_point["seconds"] - gemm_point["head_seconds"]) / gemm_point["layers"]
+    return max(0.0, probe_step - layer_s - gemm_point["head_seconds"])
 
 
 def serving_step(cfg: dict[str, Any], concurrency: int, prompt_len: int, out_lens: Any,

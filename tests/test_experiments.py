@@ -63,3 +63,18 @@ def test_a_forked_worker_is_killed_at_its_timeout_with_all_it_started(monkeypatc
 def test_fork_workers_is_off_when_asked(monkeypatch):
     monkeypatch.setenv("LABS_FORK_WORKERS", "0")
     assert engine.fork_engines() is False
+
+
+def test_async_scheduling_reads_the_engines_scheduler_config():
+    from types import SimpleNamespace as NS
+
+    on = NS(llm_engine=NS(vllm_config=NS(scheduler_config=NS(async_scheduling=True))))
+    off = NS(llm_engine=NS(vllm_config=NS(scheduler_config=NS(async_scheduling=False))))
+    assert experiments.async_scheduling(on) is True
+    assert experiments.async_scheduling(off) is False
+    assert experiments.async_scheduling(object()) is False  # an engine that does not say
+
+
+def test_one_layer_overrides_needs_a_layer_count():
+    with pytest.raises(ValueError, match="num_hidden_layers"):
+        experiments.one_layer_overrides({"hidden_size": 64})

@@ -85,6 +85,20 @@ def test_decode_layers_cap_sets_the_copies_not_the_bytes():
     assert tight[1]["copies"] == 1 and tight[1]["weight_bytes"] == 2 * 1024 * 4  # at least one copy
 
 
+def test_decode_layers_reports_the_head_apart_and_times_no_graph_on_a_cpu():
+    r = hardware.measure_decode_layers([1], [(16, 32)], "cpu", "fp32", layers=2, head=(16, 10), warmup=0, repeats=1)
+    g = r[1]
+    assert g["graphs"] is False and g["layers"] == 2
+    assert 0 < g["head_seconds"] < g["seconds"]  # the head is part of the pass, the layers the rest
+    no_head = hardware.measure_decode_layers([1], [(16, 32)], "cpu", "fp32", warmup=0, repeats=1)[1]
+    assert no_head["head_seconds"] == 0.0
+
+
+def test_decode_layers_refuses_graphs_without_cuda():
+    with pytest.raises(ValueError, match="graphs=True needs a CUDA device"):
+        hardware.measure_decode_layers([1], [(8, 8)], "cpu", "fp32", graphs=True, repeats=1)
+
+
 @pytest.mark.parametrize("kw,match", [({"shapes": []}, "shapes"), ({"batches": [0]}, "batches"),
                                       ({"shapes": [(0, 4)]}, "k"), ({"layers": 0}, "layers")])
 def test_decode_layers_rejects_bad_input(kw, match):

@@ -33,6 +33,25 @@ def test_predict_step_adds_the_terms_and_prices_kv_at_its_own_rate():
     assert r["bound_by"] == "bandwidth"               # 12 GB / 2 TB/s = 6 ms > 2.2 ms of FLOPs > 1 ms
 
 
+def test_predict_step_overlapped_takes_the_longer_of_host_and_device():
+    step = {"bytes": 12e9, "flops": 2.2e12, "weight_bytes": 10e9, "kv_bytes": 2e9}
+    kw = dict(weight_seconds=0.005, bandwidth=2e12, flops_per_s=1e15, linear_flops=2e12, kv_bandwidth=1e12,
+              overlap=True)
+    device = 0.005 + 0.002 + 0.0002
+    hidden = roofline.predict_step(step, overhead=0.003, **kw)  # the host's 3 ms run under 7.2 ms of device work
+    assert hidden["device_s"] == pytest.approx(device) and hidden["seconds"] == pytest.approx(device)
+    assert hidden["bound_by"] == "bandwidth"
+    host = roofline.predict_step(step, overhead=0.009, **kw)
+    assert host["seconds"] == pytest.approx(0.009) and host["bound_by"] == "overhead"
+
+
+def test_host_seconds_subtracts_the_probes_device_part_only_when_nothing_overlaps():
+    g = {"seconds": 0.0033, "head_seconds": 0.0003, "layers": 30}  # 0.1 ms a layer
+    assert roofline.host_seconds(0.002, g, overlap=True) == 0.002
+    assert roofline.host_seconds(0.002, g, overlap=False) == pytest.approx(0.002 - 0.0001 - 0.0003)
+    assert roofline.host_seconds(0.0002, g, overlap=False) == 0.0  # a probe faster than its device part: no host time
+
+
 def test_step_seconds_rejects_bad_ceilings():
     with pytest.raises(ValueError):
         roofline.step_seconds({"bytes": 1.0, "flops": 1.0}, bandwidth=0, flops_per_s=1.0)
