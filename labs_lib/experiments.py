@@ -36,7 +36,7 @@ from .engine import fork_context, fork_engines
 from .procs import RELAY_ENV, ForkedProcess, ManagedProcess, ServerStartError, report
 from .records import run_dir
 
-WORKERS = ("vllm_sweep", "hf_static_batches", "quant_setting", "quant_hf", "tp_run", "spec_run")
+WORKERS = ("vllm_sweep", "hf_static_batches", "quant_setting", "quant_hf", "tp_run", "spec_run", "host_step_probe")
 
 
 class WorkerTimeout(ServerStartError):
@@ -617,25 +617,36 @@ def one_layer_overrides(cfg: dict[str, Any]) -> dict[str, Any]:
     return {"num_hidden_layers": 1}
 
 
-def host_step_probe(spec: Any, prof: Any, batches: list[int], *, tokens: int, repeats: int = 3,
-                    prompt_len: int = 16, **engine_args: Any) -> dict[int, float]:
-    """The engine's own cost per decode step at each batch size: `spec` cut to one decoder
+def host_step_probe(model: str, profile: dict[str, Any], batches: list[int], *, tokens: int, repeats: int = 3,
+                    prompt_len: int = 16, engine: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The engine's own cost per decode step at each batch size: `model` cut to one decoder
     layer (`one_layer_overrides`) with random weights (`load_format="dummy"`), the same
-    vocabulary, dtype and engine settings (`engine_args`, as the measured engine got them).
-    Its step is the host's work (scheduling, input preparation, the graph launch, sampling and
-    output bookkeeping for each running sequence) plus one layer and the lm_head on the device,
-    so it measures what a step costs with almost no model to run. Median step seconds per batch
-    (`decode_step`), after one warm-up generate at the largest batch (its first steps pick
-    kernels). Starts and shuts down its own engine: stop the measured engine first on a GPU."""
-    from .engine import offline_llm
+    vocabulary, dtype and engine settings (`engine`: the measured engine's arguments). Its step is
+    the host's work (scheduling, input preparation, the graph launch, sampling and output
+    bookkeeping for each running sequence) plus one layer and the lm_head on the device: what a
+    step costs with almost no model to run. A worker: run it with `run_isolated` (its own
+    process, after the measured engine has stopped).
 
+    Returns {"steps": {batch (a string, JSON keys): median step seconds (`decode_step`)},
+    "startup_s"}, after one warm-up generate at the largest batch (its first steps pick kernels).
+    """
+    from .engine import offline_llm
+    from .models import resolve
+    from .tiers import Profile
+
+    spec = resolve(model)
+    prof = Profile.from_dict(profile)
     batches = params.positive_ints("batches", list(batches))
     params.int_in_range("tokens", tokens, 2)
-    args = {**engine_args, "load_format": "dummy",
-            "hf_overrides": one_layer_overrides(spec.config)}
+    args = {**(engine or {}), "load_format": "dummy", "hf_overrides": one_layer_overrides(spec.config)}
+    report(f"host probe: {spec.name} cut to one decoder layer, RANDOM weights (load_format=dummy): "
+           "it times the engine's steps, nothing else")
+    t0 = time.perf_counter()
     with offline_llm(spec, prof, **args) as llm:
+        startup = time.perf_counter() - t0
         decode_step(llm, max(batches), tokens, spec.vocab_size, repeats=1, prompt_len=prompt_len)
-        return {b: decode_step(llm, b, tokens, spec.vocab_size, repeats, prompt_len) for b in batches}
+        steps = {str(b): decode_step(llm, b, tokens, spec.vocab_size, repeats, prompt_len) for b in batches}
+    return {"steps": steps, "startup_s": startup}
 
 
 def token_budget(llm: Any) -> int | None:
