@@ -348,7 +348,9 @@ def batching_pair(llm: Any, prompts: list[list[int]], out_lens: list[int], batch
     ...), so a stretch in which the machine runs slower or faster meets both; `"continuous"` and
     `"static"` are each the median run by wall time (of an even number, the faster of the middle
     two), and `"continuous_walls"` / `"static_walls"` list every run's wall time, in order. On a
-    2-core machine one schedule's runs a few seconds apart differed by a fifth or more."""
+    2-core machine one schedule's runs a few seconds apart differed by a fifth or more.
+    `"continuous_first_ttfts"`: per continuous run, the latest first token of the first `batch`
+    requests (the ones admitted together at t = 0), so a comparison can take each side's fastest."""
     runs: dict[str, list[dict[str, Any]]] = {"continuous": [], "static": []}
     for _ in range(params.positive_int("repeats", repeats)):
         cont = capped_run(llm, prompts, out_lens, batch)
@@ -362,6 +364,7 @@ def batching_pair(llm: Any, prompts: list[list[int]], out_lens: list[int], batch
         if rs:
             out[kind] = sorted(rs, key=lambda r: r["wall_s"])[(len(rs) - 1) // 2]
             out[f"{kind}_walls"] = [r["wall_s"] for r in rs]
+    out["continuous_first_ttfts"] = [max(r["ttft"] for r in run["requests"][:batch]) for run in runs["continuous"]]
     if static:
         plen = len(prompts[0]) if prompts else 16
         out["step_s"] = {str(b): decode_step(llm, b, calibrate_tokens, vocab_size, prompt_len=plen)

@@ -428,6 +428,7 @@ def test_batching_pair_interleaves_repeats_and_keeps_the_median_run(monkeypatch)
     assert out["continuous_walls"] == [3.0, 2.0, 2.5] and out["static_walls"] == [6.0, 5.0, 7.0]
     assert out["continuous"]["wall_s"] == 2.5 and out["static"]["wall_s"] == 6.0  # the medians
     assert out["continuous"]["requests"][0]["ttft"] == pytest.approx(0.5 + 0.25)  # counted from t = 0
+    assert out["continuous_first_ttfts"] == pytest.approx([0.8, 0.7, 0.75])  # every run's, in order
     walls["continuous"] = iter([3.0, 2.0])
     out = experiments.batching_pair(None, [[1] * 4], [2], batch=1, vocab_size=10, static=False, repeats=2)
     assert out["continuous"]["wall_s"] == 2.0 and "static" not in out  # of two, the faster
