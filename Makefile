@@ -25,15 +25,21 @@ install: $(STAMP)  ## create .venv and install the stack for this machine (CPU o
 run: $(STAMP)  ## execute every notebook into runs/<UTC timestamp>/ and print a summary table
 	$(PY) -m labs_lib.runner --out runs/$(NOW) $(if $(NOTEBOOKS),--only $(NOTEBOOKS))
 
+# Unit tests run in UNIT_WORKERS processes (pytest-xdist): most of their time is waiting (on
+# subprocesses, servers, deadlines), so 4 on 2 cores took 74 s instead of 147 s. The notebooks
+# run one at a time after them: each measures speed, and needs the cores to itself.
+UNIT_WORKERS ?= 4
+
 test: $(STAMP)  ## lint, unit tests + every notebook with its DEFAULT parameters (what CI runs)
 	$(VENV)/bin/ruff check conftest.py labs_lib tests tools notebooks
 	$(PY) tools/check_wheel.py
+	LABS_RUN_DIR=$(CURDIR)/runs/test-$(NOW) $(PY) -m pytest -q -p no:cacheprovider -n $(UNIT_WORKERS) \
+	  --doctest-modules labs_lib tests --durations=5
 	LABS_RUN_DIR=$(CURDIR)/runs/test-$(NOW) $(PY) -m pytest -q -p no:cacheprovider \
-	  --doctest-modules labs_lib tests \
 	  --nbval-lax notebooks --durations=15
 
 test-unit: $(STAMP)  ## unit tests and doctests only (seconds, no engine)
-	$(PY) -m pytest -q -p no:cacheprovider --doctest-modules labs_lib tests -m "not slow"
+	$(PY) -m pytest -q -p no:cacheprovider -n $(UNIT_WORKERS) --doctest-modules labs_lib tests -m "not slow"
 
 test-wheel: $(STAMP)  ## build the wheel, install it into a clean venv, resolve every model (~30 s)
 	$(PY) tools/check_wheel.py
