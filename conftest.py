@@ -30,7 +30,9 @@ def pytest_configure(config: pytest.Config) -> None:
         config.option.nbval_cell_timeout = limit
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects: it must see the `timing` mark
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if is_notebook_cell(item):
             item.add_marker(pytest.mark.timeout(0))  # nbval's cell timeout is the limit here
+            item.add_marker(pytest.mark.timing)  # a notebook measures speed: never beside other tests

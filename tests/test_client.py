@@ -25,6 +25,7 @@ def _run(url, n=24, tokens=20, c=4, prompt_len=8, reqs=None, **kw):
                     progress=False, **kw)
 
 
+@pytest.mark.timing
 def test_client_measures_known_ttft_and_itl():
     with mock_server("0.06", "0.012") as url:
         res = _run(url)
@@ -39,6 +40,7 @@ def test_client_measures_known_ttft_and_itl():
         assert r.n_out == r.streamed_tokens == 20 and r.prompt_tokens == 8
 
 
+@pytest.mark.timing
 def test_client_recovers_random_latency_distributions():
     """Each request's latencies are drawn from its own generator (seed and request), so we know
     what the mock slept for every request, however the 8 concurrent streams interleave: the
@@ -145,6 +147,7 @@ def test_arrival_patterns_have_the_asked_rate_and_burstiness():
     assert cv(bursty) == pytest.approx(2.0, rel=0.15)  # gamma CV = 1/sqrt(shape)
 
 
+@pytest.mark.timing
 def test_rate_load_is_bounded_in_time():
     with mock_server("0.01", "0.001") as url:
         reqs = [Request([1, 2], 4)] * 200
@@ -241,6 +244,7 @@ def test_scrape_metrics_covers_only_the_measured_phase():
     assert res.metrics.counter("mock:requests") == 7  # the 4 warm-up requests are excluded
 
 
+@pytest.mark.timing
 def test_concurrency_sweep_measures_each_level_with_one_progress_bar(capfd):
     with mock_server("0.01", "0.002") as url:
         pts = loadgen.concurrency_sweep(
@@ -264,6 +268,7 @@ def test_sweep_rejects_nothing_to_do():
         loadgen.concurrency_sweep("http://127.0.0.1:9", "mock", [0], lambda c: [])
 
 
+@pytest.mark.timing
 def test_idle_connections_are_dropped_before_a_server_would_close_them(monkeypatch):
     """A request sent on a pooled connection that the server is closing gets a reset (vLLM's
     server closes idle ones after 5 s): the client must drop an idle connection first, after
