@@ -43,6 +43,9 @@ test-unit: $(STAMP)  ## unit tests and doctests only (seconds, no engine)
 	$(PYTEST) -n $(UNIT_WORKERS) -m "not slow and not timing" --doctest-modules labs_lib tests
 	$(PYTEST) -m "timing and not slow" tests
 
+test-wheel: $(STAMP)  ## build the wheel, install it into a clean venv, resolve every model (~30 s)
+	$(PY) tools/check_wheel.py
+
 # Offline install on a host without network: wheels for its Python and platform -> wheelhouse/.
 # PYVER: target Python (default: the one running); the GPU extra is several GB (CUDA torch).
 PLATFORM ?= manylinux_2_28_x86_64
